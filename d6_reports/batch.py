@@ -1,0 +1,101 @@
+"""Generating many reports, in this process or in a pool of worker processes.
+
+Workers are *spawned*, not forked: each builds its own engine and generator from the
+environment, so no connection, lock or thread crosses a process boundary. A worker process ends
+with ``os._exit`` (no ``atexit``), so each registers a multiprocessing finalizer that flushes the
+tracer provider it was given (by ``opentelemetry-instrument`` or a lineage configuration):
+without it, the last spans of every worker would be lost.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
+from multiprocessing.util import Finalize
+
+from opentelemetry import metrics, trace
+
+from d6_reports.generator import GenerationOptions, GenerationResult
+from d6_reports.service import ReportService
+
+
+@dataclass(frozen=True, slots=True)
+class BatchItem:
+    """What a batch reports per generation (picklable, small)."""
+
+    business_id: int
+    success: bool
+    generation_id: str
+    pages: int | None
+    pdf_path: str | None
+    error_type: str | None
+    error_message: str | None
+    duration_ms: float
+
+    @classmethod
+    def from_result(cls, result: GenerationResult) -> BatchItem:
+        return cls(
+            business_id=result.business_id,
+            success=result.success,
+            generation_id=result.generation_id,
+            pages=result.pages,
+            pdf_path=str(result.pdf_path) if result.pdf_path else None,
+            error_type=result.error_type,
+            error_message=result.error_message,
+            duration_ms=round(sum(result.timings_ms.values()), 3),
+        )
+
+
+def run_batch(
+    business_ids: Sequence[int],
+    options: GenerationOptions,
+    *,
+    workers: int = 1,
+    service: ReportService | None = None,
+) -> Iterator[BatchItem]:
+    """Yield one ``BatchItem`` per business id as generations finish (any order when pooled)."""
+    if workers < 1:
+        raise ValueError("workers must be at least 1")
+    if workers == 1:
+        own = service is None
+        service = service or ReportService.from_settings()
+        try:
+            for business_id in business_ids:
+                yield BatchItem.from_result(
+                    service.generator.generate_report_sync(business_id, options)
+                )
+        finally:
+            if own:
+                service.close()
+        return
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker) as pool:
+        futures = [pool.submit(_generate_in_worker, b, options) for b in business_ids]
+        for future in as_completed(futures):
+            yield future.result()
+
+
+_worker_service: ReportService | None = None
+
+
+def _init_worker() -> None:
+    global _worker_service
+    _worker_service = ReportService.from_settings()
+    Finalize(None, flush_telemetry, exitpriority=10)
+
+
+def _generate_in_worker(business_id: int, options: GenerationOptions) -> BatchItem:
+    assert _worker_service is not None, "worker not initialised"
+    return BatchItem.from_result(
+        _worker_service.generator.generate_report_sync(business_id, options)
+    )
+
+
+def flush_telemetry() -> None:
+    """Shut down whatever tracer/meter provider is installed (API only: duck-typed)."""
+    for provider in (trace.get_tracer_provider(), metrics.get_meter_provider()):
+        shutdown: Callable[[], object] | None = getattr(provider, "shutdown", None)
+        if shutdown is not None:
+            shutdown()
