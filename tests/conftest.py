@@ -1,0 +1,108 @@
+"""Shared fixtures: a migrated database per test on SQLite and (when configured) PostgreSQL,
+a real OpenTelemetry SDK tracer provider with an in-memory exporter, and a report generator.
+
+PostgreSQL tests run when ``D6_TEST_POSTGRES_URL`` is set; each test gets its own schema (via
+``search_path``) so tests never see each other's rows. With ``D6_TEST_REQUIRE_POSTGRES=1`` (CI)
+an unreachable server fails the run instead of skipping.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import quote
+
+import pytest
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from sqlalchemy import Engine, create_engine, text
+from sqlalchemy.orm import Session, sessionmaker
+
+from d6_reports import db
+from d6_reports.generator import ReportGenerator
+from d6_reports.seed import seed_demo
+
+PG_URL = os.environ.get("D6_TEST_POSTGRES_URL")
+REQUIRE_PG = os.environ.get("D6_TEST_REQUIRE_POSTGRES") == "1"
+BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+
+
+def _postgres_schema_url() -> Iterator[str]:
+    if not PG_URL:
+        if REQUIRE_PG:
+            pytest.fail("D6_TEST_REQUIRE_POSTGRES=1 but D6_TEST_POSTGRES_URL is not set")
+        pytest.skip("D6_TEST_POSTGRES_URL not set")
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(PG_URL, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+    except Exception as exc:
+        admin.dispose()
+        if REQUIRE_PG:
+            pytest.fail(f"PostgreSQL unreachable at {PG_URL}: {exc}")
+        pytest.skip(f"PostgreSQL unreachable: {exc}")
+    sep = "&" if "?" in PG_URL else "?"
+    try:
+        yield f"{PG_URL}{sep}options={quote(f'-csearch_path={schema}')}"
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
+
+
+@pytest.fixture(params=BACKENDS)
+def empty_db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A database URL with no tables, on each backend."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'test.db'}"
+    else:
+        yield from _postgres_schema_url()
+
+
+@pytest.fixture
+def db_url(empty_db_url: str) -> str:
+    """A database URL migrated to head."""
+    db.upgrade(empty_db_url)
+    return empty_db_url
+
+
+@pytest.fixture
+def engine(db_url: str) -> Iterator[Engine]:
+    engine = db.make_engine(db_url)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def sessions(engine: Engine) -> sessionmaker[Session]:
+    return db.make_session_factory(engine)
+
+
+@pytest.fixture
+def business_ids(sessions: sessionmaker[Session]) -> list[int]:
+    with sessions() as session:
+        return seed_demo(session, count=6)
+
+
+@pytest.fixture
+def span_exporter() -> InMemorySpanExporter:
+    return InMemorySpanExporter()
+
+
+@pytest.fixture
+def tracer_provider(span_exporter: InMemorySpanExporter) -> Iterator[TracerProvider]:
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(span_exporter))
+    yield provider
+    provider.shutdown()
+
+
+@pytest.fixture
+def generator(
+    sessions: sessionmaker[Session], tmp_path: Path, tracer_provider: TracerProvider
+) -> ReportGenerator:
+    return ReportGenerator(sessions, tmp_path / "reports", tracer_provider=tracer_provider)

@@ -1,0 +1,99 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import orjson
+import pytest
+from sqlalchemy import create_engine, func, select, text
+from typer.testing import CliRunner
+
+from d6_reports.batch import run_batch
+from d6_reports.cli import app
+from d6_reports.generator import GenerationOptions
+from d6_reports.models import ReportGeneration
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def env(empty_db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    monkeypatch.setenv("D6_DATABASE_URL", empty_db_url)
+    monkeypatch.setenv("D6_REPORTS_DIR", str(tmp_path / "reports"))
+    return empty_db_url
+
+
+def _count(url: str, where: str = "1=1") -> int:
+    engine = create_engine(url)
+    with engine.connect() as conn:
+        value = conn.execute(text(f"SELECT count(*) FROM report_generation WHERE {where}"))
+        count = int(value.scalar_one())
+    engine.dispose()
+    return count
+
+
+def test_upgrade_seed_generate(env: str, tmp_path: Path) -> None:
+    assert runner.invoke(app, ["db", "upgrade"]).exit_code == 0
+    seeded = runner.invoke(app, ["seed-demo", "--count", "3"])
+    assert seeded.exit_code == 0 and "3 businesses" in seeded.output
+    ok = runner.invoke(app, ["generate", "--business-id", "1", "--template", "summary"])
+    assert ok.exit_code == 0, ok.output
+    assert "completed" in ok.output and ".pdf" in ok.output
+    as_json = runner.invoke(app, ["generate", "--business-id", "2", "--json"])
+    result = orjson.loads(as_json.stdout)
+    assert result["success"] is True and result["pages"] >= 2
+    assert Path(result["pdf_path"]).read_bytes().startswith(b"%PDF")
+    failed = runner.invoke(app, ["generate", "--business-id", "99"])
+    assert failed.exit_code == 1
+    assert "BusinessNotFound" in failed.output
+    missing = runner.invoke(app, ["generate", "--business-id", "1", "--version", "0.0.1"])
+    assert missing.exit_code == 1 and "TemplateNotFound" in missing.output
+    assert _count(env) == 4
+    assert _count(env, "status = 'failed'") == 2
+
+
+def test_demo_generates_every_report(env: str, tmp_path: Path) -> None:
+    result = runner.invoke(app, ["demo"])
+    assert result.exit_code == 0, result.output
+    assert "12/12 reports" in result.output
+    assert len(list((tmp_path / "reports").rglob("*.pdf"))) == 12
+    again = runner.invoke(app, ["demo"])  # re-runnable: no duplicate seed data
+    assert again.exit_code == 0 and "12/12 reports" in again.output
+    assert _count(env) == 24
+
+
+def test_generate_all_with_worker_processes(env: str, tmp_path: Path) -> None:
+    assert runner.invoke(app, ["db", "upgrade"]).exit_code == 0
+    assert runner.invoke(app, ["seed-demo", "--count", "4"]).exit_code == 0
+    result = runner.invoke(app, ["generate-all", "--workers", "2", "--template", "summary"])
+    assert result.exit_code == 0, result.output
+    assert _count(env, "status = 'completed'") == 4
+
+
+def test_run_batch_reports_failures_per_item(env: str) -> None:
+    runner.invoke(app, ["db", "upgrade"])
+    runner.invoke(app, ["seed-demo", "--count", "2"])
+    items = list(run_batch([1, 2, 5000], GenerationOptions("summary"), workers=2))
+    assert sorted((i.business_id, i.success, i.error_type) for i in items) == [
+        (1, True, None),
+        (2, True, None),
+        (5000, False, "BusinessNotFound"),
+    ]
+    engine = create_engine(env)
+    with engine.connect() as conn:
+        assert conn.scalar(select(func.count()).select_from(ReportGeneration)) == 3
+    engine.dispose()
+    with pytest.raises(ValueError):
+        list(run_batch([1], GenerationOptions(), workers=0))
+
+
+def test_templates_list_and_lock_check() -> None:
+    listed = runner.invoke(app, ["templates", "list"])
+    assert listed.exit_code == 0
+    assert "audit_report" in listed.output and "2.0.0" in listed.output
+    assert runner.invoke(app, ["templates", "lock", "--check"]).exit_code == 0
+
+
+def test_db_downgrade(env: str) -> None:
+    assert runner.invoke(app, ["db", "upgrade"]).exit_code == 0
+    down = runner.invoke(app, ["db", "downgrade"])
+    assert down.exit_code == 0 and "base" in down.output
