@@ -1,0 +1,101 @@
+"""The hand-off between the span processor (hot path) and the background writer.
+
+This is the seam where durability lives. The processor only ever calls ``put``; the writer
+``take``s batches, writes them and ``ack``s, or ``release``s them for a retry. The in-memory
+implementation here is bounded and counts what it must drop; a durable implementation (a local
+outbox that survives crashes) plugs into the same protocol.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from dataclasses import dataclass
+from typing import Protocol
+
+from otel_lineage.record import LineageRecord
+
+
+@dataclass(frozen=True, slots=True)
+class Pending:
+    """A record taken for writing; ``key`` identifies it to ``ack``/``release``."""
+
+    key: int
+    record: LineageRecord
+
+
+class HandOff(Protocol):
+    def put(self, record: LineageRecord) -> bool:
+        """Accept a record; False when it could not be kept (the caller counts the loss)."""
+
+    def take(self, max_items: int, timeout_s: float) -> list[Pending]:
+        """Up to ``max_items`` records, waiting at most ``timeout_s`` for the first."""
+
+    def ack(self, items: list[Pending]) -> None:
+        """The records are in the lineage database: forget them."""
+
+    def release(self, items: list[Pending]) -> None:
+        """Writing failed: keep the records for the next attempt, oldest first."""
+
+    def pending(self) -> int:
+        """Records accepted and not yet acknowledged."""
+
+    def abandon(self) -> int:
+        """The process is stopping: how many pending records are lost with it."""
+
+    def reset_after_fork(self) -> None:
+        """Drop process-local state a forked child must not inherit."""
+
+
+class MemoryHandOff:
+    """A bounded in-memory queue. Survives database outages, not process crashes."""
+
+    def __init__(self, capacity: int = 100_000) -> None:
+        self._capacity = capacity
+        self._queue: deque[Pending] = deque()
+        self._in_flight = 0
+        self._seq = 0
+        self._cond = threading.Condition()
+
+    def put(self, record: LineageRecord) -> bool:
+        with self._cond:
+            if len(self._queue) + self._in_flight >= self._capacity:
+                return False
+            self._seq += 1
+            self._queue.append(Pending(self._seq, record))
+            self._cond.notify()
+            return True
+
+    def take(self, max_items: int, timeout_s: float) -> list[Pending]:
+        with self._cond:
+            if not self._queue:
+                self._cond.wait(timeout_s)
+            batch = [self._queue.popleft() for _ in range(min(max_items, len(self._queue)))]
+            self._in_flight += len(batch)
+            return batch
+
+    def ack(self, items: list[Pending]) -> None:
+        with self._cond:
+            self._in_flight -= len(items)
+
+    def release(self, items: list[Pending]) -> None:
+        with self._cond:
+            self._in_flight -= len(items)
+            self._queue.extendleft(reversed(items))
+            self._cond.notify()
+
+    def pending(self) -> int:
+        with self._cond:
+            return len(self._queue) + self._in_flight
+
+    def abandon(self) -> int:
+        with self._cond:
+            lost = len(self._queue) + self._in_flight
+            self._queue.clear()
+            return lost
+
+    def reset_after_fork(self) -> None:
+        # The child starts empty: the parent still owns (and will write) what it queued.
+        self._queue = deque()
+        self._in_flight = 0
+        self._cond = threading.Condition()

@@ -1,0 +1,178 @@
+"""Reading lineage: one report's row, and the audit that reconciles reports with lineage.
+
+The audit reads ``report_generation`` (the report service's own record of every call) and
+``report_lineage`` by name only (the plugin never imports the generator). They may live in two
+databases, so the reconciliation is done on ids in Python, bounded by ``since``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import orjson
+from sqlalchemy import Connection, Engine, Row, column, func, select, table
+
+from otel_lineage.record import decompress
+from otel_lineage.schema import lineage_counters, report_lineage
+from otel_lineage.stats import COUNTER_NAMES
+from otel_lineage.store import untraced
+
+_generations = table(
+    "report_generation",
+    column("id"),
+    column("status"),
+    column("requested_at"),
+    column("trace_id"),
+    column("error_type"),
+)
+#: A generation still 'generating' this recently is in flight, not missing.
+IN_FLIGHT = timedelta(minutes=10)
+
+
+class LineageNotFoundError(LookupError):
+    pass
+
+
+def get_row(engine: Engine, report_id: str) -> dict[str, Any]:
+    """The lineage row of ``report_id`` (a ``ReportGeneration`` id)."""
+    with untraced(), engine.connect() as conn:
+        row = (
+            conn.execute(
+                select(report_lineage).where(report_lineage.c.report_generation_id == report_id)
+            )
+            .mappings()
+            .first()
+        )
+    if row is None:
+        raise LineageNotFoundError(f"no lineage row for report {report_id!r}")
+    return dict(row)
+
+
+def inputs_summary(row: dict[str, Any]) -> dict[str, Any]:
+    """What the stored snapshot holds, after checking it against the recorded digest."""
+    blob = row.get("inputs_snapshot")
+    if blob is None:
+        return {"stored": False}
+    data = decompress(blob, row.get("inputs_codec") or "zstd")
+    digest = hashlib.sha256(data).hexdigest()
+    summary: dict[str, Any] = {
+        "stored": True,
+        "bytes": len(data),
+        "compressed_bytes": len(blob),
+        "sha256": digest,
+        "sha256_matches": digest == row.get("inputs_sha256"),
+    }
+    document = orjson.loads(data)
+    if isinstance(document, dict):
+        summary["keys"] = sorted(document)
+        business = document.get("business")
+        if isinstance(business, dict):
+            summary["business_name"] = business.get("name")
+        findings = document.get("findings")
+        if isinstance(findings, list):
+            summary["findings"] = len(findings)
+    return summary
+
+
+def public_row(row: dict[str, Any]) -> dict[str, Any]:
+    """The row without its binary blobs, JSON-ready."""
+    out = {k: v for k, v in row.items() if k not in ("inputs_snapshot", "span_tree")}
+    for key, value in out.items():
+        if isinstance(value, datetime):
+            out[key] = value.isoformat()
+    return out
+
+
+@dataclass
+class AuditReport:
+    since: str | None
+    generations: int
+    in_flight: int
+    with_lineage: int
+    missing: list[dict[str, Any]] = field(default_factory=list)
+    incomplete: list[dict[str, Any]] = field(default_factory=list)
+    counters: dict[str, int] = field(default_factory=dict)
+    processes: int = 0
+
+    @property
+    def capture_rate(self) -> float:
+        finished = self.generations - self.in_flight
+        return 1.0 if finished == 0 else self.with_lineage / finished
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "capture_rate": self.capture_rate}
+
+
+def audit(reports: Engine, lineage: Engine, *, since: datetime | None = None) -> AuditReport:
+    now = datetime.now(UTC)
+    query = select(_generations)
+    if since is not None:
+        query = query.where(_generations.c.requested_at >= since)
+    totals = (*COUNTER_NAMES, "pending")
+    with untraced():
+        with reports.connect() as conn:
+            generations = conn.execute(query).mappings().all()
+        with lineage.connect() as conn:
+            found = _lineage_by_generation(conn, [g["id"] for g in generations])
+            counters = conn.execute(
+                select(
+                    *(func.coalesce(func.sum(lineage_counters.c[n]), 0) for n in totals),
+                    func.count(),
+                )
+            ).one()
+    report = AuditReport(
+        since=since.isoformat() if since else None,
+        generations=len(generations),
+        in_flight=0,
+        with_lineage=0,
+        counters={n: int(v) for n, v in zip(totals, counters[:-1], strict=True)},
+        processes=int(counters[-1]),
+    )
+    for generation in generations:
+        row = found.get(generation["id"])
+        if row is not None:
+            report.with_lineage += 1
+            if not row.complete:
+                report.incomplete.append(
+                    {"report_generation_id": generation["id"], "reasons": row.incomplete_reasons}
+                )
+            continue
+        requested = _aware(generation["requested_at"])
+        if generation["status"] in ("pending", "generating") and now - requested < IN_FLIGHT:
+            report.in_flight += 1
+            continue
+        report.missing.append(
+            {
+                "report_generation_id": generation["id"],
+                "status": generation["status"],
+                "requested_at": requested.isoformat(),
+                "trace_id": generation["trace_id"],
+            }
+        )
+    return report
+
+
+def _lineage_by_generation(conn: Connection, ids: list[str]) -> dict[str, Row[Any]]:
+    """Lineage status of each generation id, in chunks (bind-parameter limits)."""
+    found: dict[str, Row[Any]] = {}
+    columns = (
+        report_lineage.c.report_generation_id,
+        report_lineage.c.complete,
+        report_lineage.c.incomplete_reasons,
+    )
+    for start in range(0, len(ids), 500):
+        chunk = ids[start : start + 500]
+        rows = conn.execute(
+            select(*columns).where(report_lineage.c.report_generation_id.in_(chunk))
+        )
+        found.update((r.report_generation_id, r) for r in rows)
+    return found
+
+
+def _aware(value: datetime | str) -> datetime:
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    return value if value.tzinfo else value.replace(tzinfo=UTC)

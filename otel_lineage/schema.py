@@ -1,0 +1,92 @@
+"""The plugin's tables, as SQLAlchemy Core (the plugin has no ORM of its own).
+
+``report_lineage`` column names are a public contract: people query them with SQL. The same
+definitions are created by the Alembic revision ``0002_report_lineage``; a test keeps the two
+equal.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Column,
+    DateTime,
+    Float,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+)
+
+metadata = MetaData()
+TS = DateTime(timezone=True)
+
+report_lineage = Table(
+    "report_lineage",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True),
+    Column("report_generation_id", String(36), unique=True),
+    Column("trace_id", String(32), nullable=False, unique=True),
+    Column("root_span_id", String(16), nullable=False),
+    Column("business_id", Integer),
+    Column("template_name", String(100)),
+    Column("template_version", String(50)),
+    Column("template_sha256", String(64)),
+    Column("inputs_sha256", String(64)),
+    Column("inputs_bytes", Integer),
+    Column("inputs_snapshot", LargeBinary),
+    Column("inputs_codec", String(16)),
+    Column("html_sha256", String(64)),
+    Column("output_sha256", String(64)),
+    Column("output_bytes", Integer),
+    Column("output_pages", Integer),
+    Column("output_uri", Text),
+    Column("status", String(20), nullable=False),
+    Column("error_type", String(100)),
+    Column("error_message", Text),
+    Column("started_at", TS, nullable=False),
+    Column("ended_at", TS),
+    Column("duration_ms", Float),
+    Column("steps", JSON, nullable=False),
+    Column("input_tables", JSON, nullable=False),
+    Column("span_count", Integer, nullable=False),
+    Column("span_tree", LargeBinary),
+    Column("span_tree_codec", String(16)),
+    Column("sampled", Boolean, nullable=False),
+    Column("complete", Boolean, nullable=False),
+    Column("incomplete_reasons", JSON, nullable=False),
+    Column("service_name", String(200)),
+    Column("service_version", String(100)),
+    Column("created_at", TS, nullable=False),
+    Index("ix_report_lineage_business_id", "business_id"),
+    Index("ix_report_lineage_template", "template_name", "template_version"),
+    Index("ix_report_lineage_inputs_sha256", "inputs_sha256"),
+    Index("ix_report_lineage_output_sha256", "output_sha256"),
+    Index("ix_report_lineage_started_at", "started_at"),
+)
+
+#: One row per writing process: what its lineage pipeline did. The audit sums them, so losses
+#: that could not be prevented (dropped, evicted, late) are visible after the process is gone.
+lineage_counters = Table(
+    "lineage_counters",
+    metadata,
+    Column("instance_id", String(36), primary_key=True),
+    Column("service_name", String(200)),
+    Column("host", String(255)),
+    Column("pid", Integer),
+    Column("started_at", TS, nullable=False),
+    Column("updated_at", TS, nullable=False),
+    Column("folded", BigInteger, nullable=False),
+    Column("written", BigInteger, nullable=False),
+    Column("dropped", BigInteger, nullable=False),
+    Column("evicted", BigInteger, nullable=False),
+    Column("late", BigInteger, nullable=False),
+    Column("incomplete", BigInteger, nullable=False),
+    Column("errors", BigInteger, nullable=False),
+    Column("pending", BigInteger, nullable=False),
+)

@@ -1,0 +1,133 @@
+"""The background writer: drains the hand-off into the lineage database in batches.
+
+All database I/O of the plugin happens on this thread, never on the thread that ended a span.
+A failed batch goes back to the hand-off and is retried with exponential backoff, so a
+database outage delays lineage but does not lose it (within the hand-off's bounds) and never
+blocks or fails a report.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+from otel_lineage.handoff import HandOff
+from otel_lineage.ratelimit import RateLimitedLogger
+from otel_lineage.stats import LineageStats
+from otel_lineage.store import LineageStore, untraced
+
+_log = RateLimitedLogger(logging.getLogger(__name__))
+
+
+class BackgroundWriter:
+    def __init__(
+        self,
+        handoff: HandOff,
+        store: LineageStore,
+        stats: LineageStats,
+        *,
+        batch_size: int = 500,
+        idle_wait_s: float = 0.2,
+        min_backoff_s: float = 0.2,
+        max_backoff_s: float = 30.0,
+        counters_every_s: float = 2.0,
+    ) -> None:
+        self.handoff = handoff
+        self.store = store
+        self._stats = stats
+        self._batch_size = batch_size
+        self._idle_wait = idle_wait_s
+        self._min_backoff = min_backoff_s
+        self._max_backoff = max_backoff_s
+        self._counters_every = counters_every_s
+        self._init_thread_state()
+
+    def _init_thread_state(self) -> None:
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._backoff = 0.0
+        self._counters_saved_at = 0.0
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(
+                target=self._run, name="otel-lineage-writer", daemon=True
+            )
+            self._thread.start()
+
+    def _run(self) -> None:
+        with untraced():  # nothing this thread does may ever create a span
+            while not self._stop.is_set():
+                self._cycle()
+            while self.handoff.pending() and self._write_once():
+                pass  # drain on stop, as long as the database accepts
+            lost = self.handoff.abandon()
+            if lost:
+                self._stats.add("dropped", lost)
+                _log.warning("lineage writer stopped with %d records unwritten", lost)
+            self._save_counters(force=True)
+
+    def _cycle(self) -> None:
+        if self._backoff:
+            self._wake.wait(self._backoff)
+            self._wake.clear()
+        if not self._write_once():
+            self._backoff = min(max(self._backoff * 2, self._min_backoff), self._max_backoff)
+        else:
+            self._backoff = 0.0
+        self._save_counters()
+
+    def _write_once(self) -> bool:
+        """Write one batch (waiting briefly for one); False when the write failed."""
+        items = self.handoff.take(self._batch_size, self._idle_wait)
+        if not items:
+            return True
+        try:
+            self.store.upsert([item.record for item in items])
+        except Exception:
+            self.handoff.release(items)
+            self._stats.add("errors")
+            _log.exception("lineage write failed; %d records kept for retry", len(items))
+            return False
+        self.handoff.ack(items)
+        self._stats.add("written", len(items))
+        return True
+
+    def _save_counters(self, *, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self._counters_saved_at < self._counters_every:
+            return
+        self._counters_saved_at = now
+        try:
+            self.store.save_counters(self._stats.snapshot(), self.handoff.pending())
+        except Exception:
+            _log.exception("saving lineage counters failed")
+
+    def flush(self, timeout_s: float) -> bool:
+        """Wait until everything handed off is written; False at the deadline."""
+        deadline = time.monotonic() + timeout_s
+        self._wake.set()
+        while self.handoff.pending():
+            if time.monotonic() >= deadline or self._thread is None:
+                return False
+            self._wake.set()
+            time.sleep(0.002)
+        return True
+
+    def stop(self, timeout_s: float = 30.0) -> None:
+        thread = self._thread
+        if thread is None:
+            return
+        self._stop.set()
+        self._wake.set()
+        thread.join(timeout_s)
+        self._thread = None
+
+    def restart_after_fork(self) -> None:
+        """In a forked child the writer thread does not exist: start a fresh one."""
+        self._init_thread_state()
+        self.handoff.reset_after_fork()
+        self.store.reset_after_fork()
+        self.start()
