@@ -48,7 +48,9 @@ def get_row(engine: Engine, report_id: str) -> dict[str, Any]:
         )
     if row is None:
         raise LineageNotFoundError(f"no lineage row for report {report_id!r}")
-    return dict(row)
+    # Plain str keys (column names come back as str subclasses) and aware UTC times (SQLite
+    # returns them naive) so both backends give the same values.
+    return {str(k): _aware(v) if isinstance(v, datetime) else v for k, v in row.items()}
 
 
 def inputs_summary(row: dict[str, Any]) -> dict[str, Any]:

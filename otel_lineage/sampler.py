@@ -54,9 +54,13 @@ class LineageSampler(Sampler):
         links: Sequence[Link] | None = None,
         trace_state: TraceState | None = None,
     ) -> SamplingResult:
-        result = self.delegate.should_sample(
-            parent_context, trace_id, name, kind, attributes, links, trace_state
-        )
+        try:
+            result = self.delegate.should_sample(
+                parent_context, trace_id, name, kind, attributes, links, trace_state
+            )
+        except Exception:  # a sampler must never raise into the application
+            _log.exception("delegate sampler failed; treating its decision as DROP")
+            result = SamplingResult(Decision.DROP)
         try:
             parent = get_current_span(parent_context).get_span_context()
             parent_state = parent.trace_state if parent.is_valid else None
