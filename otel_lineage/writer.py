@@ -12,12 +12,25 @@ import logging
 import threading
 import time
 
-from otel_lineage.handoff import HandOff
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, StatementError
+
+from otel_lineage.handoff import HandOff, Pending
 from otel_lineage.ratelimit import RateLimitedLogger
 from otel_lineage.stats import LineageStats
 from otel_lineage.store import LineageStore, untraced
 
 _log = RateLimitedLogger(logging.getLogger(__name__))
+
+
+def is_rejection(exc: BaseException) -> bool:
+    """True when the database refused the data (retrying cannot help), not when it is down.
+
+    Constraint and data errors, and statement errors raised before reaching the database,
+    are rejections; connection, missing-table and every other database error are transient.
+    """
+    if isinstance(exc, IntegrityError | DataError):
+        return True
+    return isinstance(exc, StatementError) and not isinstance(exc, DBAPIError)
 
 
 class BackgroundWriter:
@@ -86,14 +99,40 @@ class BackgroundWriter:
             return True
         try:
             self.store.upsert([item.record for item in items])
-        except Exception:
-            self.handoff.release(items)
-            self._stats.add("errors")
-            _log.exception("lineage write failed; %d records kept for retry", len(items))
-            return False
+        except Exception as exc:
+            if not is_rejection(exc):
+                return self._retry_later(items)
+            # The database rejected the data itself: retrying the batch would block every
+            # record behind it forever. Write one by one; drop (and count) only the rejected.
+            self._write_individually(items)
+            return True
         self.handoff.ack(items)
         self._stats.add("written", len(items))
         return True
+
+    def _retry_later(self, items: list[Pending]) -> bool:
+        self.handoff.release(items)
+        self._stats.add("errors")
+        _log.exception("lineage write failed; %d records kept for retry", len(items))
+        return False
+
+    def _write_individually(self, items: list[Pending]) -> None:
+        for item in items:
+            try:
+                self.store.upsert([item.record])
+            except Exception as exc:
+                if not is_rejection(exc):
+                    self.handoff.release([item])  # transient after all: keep it for the retry
+                    self._stats.add("errors")
+                    continue
+                self._stats.add("dropped")
+                _log.exception(
+                    "lineage record of trace %s rejected by the database; dropped",
+                    item.record.trace_id,
+                )
+            else:
+                self._stats.add("written")
+            self.handoff.ack([item])
 
     def _save_counters(self, *, force: bool = False) -> None:
         now = time.monotonic()
@@ -108,11 +147,10 @@ class BackgroundWriter:
     def flush(self, timeout_s: float) -> bool:
         """Wait until everything handed off is written; False at the deadline."""
         deadline = time.monotonic() + timeout_s
-        self._wake.set()
+        self._wake.set()  # one immediate attempt, then the backoff applies again
         while self.handoff.pending():
             if time.monotonic() >= deadline or self._thread is None:
                 return False
-            self._wake.set()
             time.sleep(0.002)
         return True
 

@@ -1,0 +1,222 @@
+"""What leaves the process (real OTLP/HTTP to a local receiver) and the zero-code path."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+from sqlalchemy import Engine, select
+from sqlalchemy.orm import Session, sessionmaker
+
+import otel_lineage
+from d6_reports.generator import GenerationOptions, ReportGenerator
+from d6_reports.models import ReportGeneration
+from tests.lineage_support import lineage_rows
+
+BIN = Path(sys.executable).parent
+
+
+class _Receiver(BaseHTTPRequestHandler):
+    bodies: list[bytes]
+
+    def do_POST(self) -> None:
+        length = int(self.headers["Content-Length"])
+        self.server.bodies.append(self.rfile.read(length))  # type: ignore[attr-defined]
+        self.send_response(200)
+        self.send_header("Content-Type", "application/x-protobuf")
+        self.end_headers()
+        self.wfile.write(b"")
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def otlp_receiver() -> Iterator[tuple[str, list[bytes]]]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Receiver)
+    server.bodies = []  # type: ignore[attr-defined]
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_port}/v1/traces", server.bodies  # type: ignore[attr-defined]
+    server.shutdown()
+    server.server_close()
+
+
+def test_otlp_wire_carries_sampled_traces_without_payloads(
+    db_url: str,
+    engine: Engine,
+    sessions: sessionmaker[Session],
+    business_ids: list[int],
+    tmp_path: Path,
+    otlp_receiver: tuple[str, list[bytes]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    endpoint, bodies = otlp_receiver
+    monkeypatch.setenv("OTEL_SERVICE_NAME", "d6-reports-wire")
+    monkeypatch.setenv("OTEL_RESOURCE_ATTRIBUTES", "service.version=9.9.9")
+    lineage = otel_lineage.configure(
+        engines=[engine],
+        database_url=db_url,
+        sampler=ParentBased(TraceIdRatioBased(0.5)),
+        exporter=OTLPSpanExporter(endpoint=endpoint),
+        set_global=False,
+    )
+    try:
+        generator = ReportGenerator(sessions, tmp_path, tracer_provider=lineage.provider)
+        for business_id in business_ids * 4:
+            generator.generate_report_sync(business_id, GenerationOptions("summary"))
+        assert lineage.flush(30)
+    finally:
+        lineage.shutdown()
+        lineage.provider.shutdown()
+
+    spans = []
+    for body in bodies:
+        assert b"d6.report-inputs/1" not in body and b"hello@" not in body  # no snapshot
+        request = ExportTraceServiceRequest()
+        request.ParseFromString(body)
+        for resource_spans in request.resource_spans:
+            resource = {a.key: a.value.string_value for a in resource_spans.resource.attributes}
+            assert resource["service.name"] == "d6-reports-wire"
+            assert resource["service.version"] == "9.9.9"
+            for scope_spans in resource_spans.scope_spans:
+                spans.extend(scope_spans.spans)
+    rows = lineage_rows(engine)
+    assert len(rows) == 24
+    sampled = {str(r["trace_id"]) for r in rows if r["sampled"]}
+    assert 0 < len(sampled) < 24
+    assert {s.trace_id.hex() for s in spans} == sampled  # exactly the sampled traces
+    roots = {s.span_id: s for s in spans if s.name == "report.generate"}
+    assert len(roots) == len(sampled)
+    for span in spans:
+        if span.name.startswith("report.") and span.name != "report.generate":
+            assert span.parent_span_id in roots
+        for attribute in span.attributes:
+            if attribute.key.startswith("report."):  # ids, digests, sizes: never payloads
+                assert len(attribute.value.string_value) < 300, attribute.key
+    root_keys = {a.key for s in roots.values() for a in s.attributes}
+    assert {"report.generation_id", "report.business_id", "report.template.sha256"} <= root_keys
+    assert rows[0]["service_name"] == "d6-reports-wire" and rows[0]["service_version"] == "9.9.9"
+
+
+def _instrumented_env(db_url: str, tmp_path: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    env.update(
+        D6_DATABASE_URL=db_url,
+        D6_REPORTS_DIR=str(tmp_path / "reports"),
+        OTEL_SERVICE_NAME="d6-reports-zero-code",
+        OTEL_TRACES_SAMPLER="lineage_parentbased_traceidratio",
+        OTEL_TRACES_SAMPLER_ARG="0",
+        OTEL_TRACES_EXPORTER="none",
+        OTEL_METRICS_EXPORTER="none",
+        OTEL_LOGS_EXPORTER="none",
+        PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}",
+    )
+    env.update(extra)
+    return env
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_zero_code_generate_all_yields_lineage(
+    db_url: str,
+    engine: Engine,
+    sessions: sessionmaker[Session],
+    business_ids: list[int],
+    tmp_path: Path,
+    workers: str,
+) -> None:
+    command = [
+        str(BIN / "opentelemetry-instrument"),
+        str(BIN / "d6-reports"),
+        "generate-all",
+        "--template",
+        "summary",
+        "--workers",
+        workers,
+    ]
+    done = subprocess.run(
+        command,
+        env=_instrumented_env(db_url, tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    rows = lineage_rows(engine)
+    with sessions() as session:
+        generations = {g.id: g for g in session.scalars(select(ReportGeneration))}
+    assert len(rows) == len(generations) == len(business_ids)
+    for row in rows:
+        generation = generations[str(row["report_generation_id"])]
+        assert generation.trace_id == row["trace_id"]
+        assert row["complete"] and not row["sampled"]
+        assert row["service_name"] == "d6-reports-zero-code"
+    statements = b"".join(bytes(r["span_tree"]) for r in rows)  # type: ignore[arg-type]
+    assert statements  # the span tree was stored
+
+
+def test_zero_code_with_flag_off_writes_nothing(
+    db_url: str, engine: Engine, business_ids: list[int], tmp_path: Path
+) -> None:
+    done = subprocess.run(
+        [
+            str(BIN / "opentelemetry-instrument"),
+            str(BIN / "d6-reports"),
+            "generate-all",
+            "--template",
+            "summary",
+        ],
+        env=_instrumented_env(db_url, tmp_path, ENABLE_REPORT_LINEAGE="false"),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    assert lineage_rows(engine) == []
+
+
+def test_instrumentor_attaches_to_a_given_provider(
+    db_url: str,
+    engine: Engine,
+    business_ids: list[int],
+    sessions: sessionmaker[Session],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The same entry point opentelemetry-instrument loads, run in-process."""
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.trace import NoOpTracerProvider
+
+    from otel_lineage.instrumentor import LineageInstrumentor
+
+    monkeypatch.setenv("OTEL_LINEAGE_DATABASE_URL", db_url)
+    provider = TracerProvider()  # default sampler: the plugin warns that it may drop reports
+    instrumentor = LineageInstrumentor()
+    instrumentor.instrument(tracer_provider=provider)
+    try:
+        assert "not a LineageSampler" in caplog.text
+        generator = ReportGenerator(sessions, tmp_path, tracer_provider=provider)
+        generator.generate_report_sync(business_ids[0], GenerationOptions("summary"))
+        assert provider.force_flush(10_000)
+    finally:
+        instrumentor.uninstrument()
+    assert len(lineage_rows(engine)) == 1
+    caplog.clear()
+    instrumentor.instrument(tracer_provider=NoOpTracerProvider())
+    instrumentor.uninstrument()
+    assert "no SDK tracer provider" in caplog.text
+    monkeypatch.setenv("ENABLE_REPORT_LINEAGE", "false")
+    instrumentor.instrument(tracer_provider=provider)
+    assert LineageInstrumentor._lineage is None
+    instrumentor.uninstrument()
+    provider.shutdown()

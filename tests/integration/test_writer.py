@@ -1,0 +1,146 @@
+"""The writer and store: idempotent upserts, outages, flush deadlines, fork, metrics."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.trace import TracerProvider
+from sqlalchemy import Engine, func, select
+
+from d6_reports import db
+from otel_lineage import LineageSampler, LineageSpanProcessor, semconv
+from otel_lineage.configuration import create_lineage_engine
+from otel_lineage.handoff import MemoryHandOff
+from otel_lineage.record import LineageRecord
+from otel_lineage.sampler import sampler_from_name
+from otel_lineage.schema import lineage_counters, report_lineage
+from otel_lineage.stats import LineageStats
+from otel_lineage.store import LineageStore
+from otel_lineage.writer import BackgroundWriter
+from tests.lineage_support import lineage_rows
+from tests.unit.test_fold_and_processor import _fold, _report, _tracer
+
+
+def _record() -> LineageRecord:
+    provider, exporter = _tracer()
+    _report(provider)
+    return _fold(exporter)
+
+
+def test_upsert_is_idempotent(db_url: str, engine: Engine) -> None:
+    store = LineageStore(create_lineage_engine(db_url))
+    record = _record()
+    store.upsert([record])
+    store.upsert([record])  # a replay
+    record.status = "failed"
+    store.upsert([record])  # a corrected record replaces, never duplicates
+    rows = lineage_rows(engine)
+    assert len(rows) == 1 and rows[0]["status"] == "failed"
+    store.engine.dispose()
+
+
+def test_a_rejected_record_does_not_block_the_others(db_url: str, engine: Engine) -> None:
+    processor, provider = _pipeline(db_url)
+    _report(provider, generation_id="same")
+    _report(provider, generation_id="same")  # a conflicting second trace for one report
+    _report(provider)
+    assert processor.force_flush(10_000)
+    assert len(lineage_rows(engine)) == 2
+    counts = processor.stats.snapshot()
+    assert (counts.written, counts.dropped) == (2, 1)
+    processor.shutdown()
+
+
+def _pipeline(url: str, **writer_kwargs: float) -> tuple[LineageSpanProcessor, TracerProvider]:
+    stats = LineageStats()
+    handoff = MemoryHandOff()
+    writer = BackgroundWriter(
+        handoff, LineageStore(create_lineage_engine(url)), stats, **writer_kwargs
+    )
+    processor = LineageSpanProcessor(handoff, writer, stats=stats)
+    provider = TracerProvider(sampler=LineageSampler(sampler_from_name("always_off")))
+    provider.add_span_processor(processor)
+    return processor, provider
+
+
+def test_outage_delays_but_does_not_lose_lineage(empty_db_url: str) -> None:
+    """No tables at first (the database is 'down' for lineage), then it comes back."""
+    processor, provider = _pipeline(empty_db_url, min_backoff_s=0.05, max_backoff_s=0.2)
+    for _ in range(5):
+        _report(provider)  # never blocked, never failed by lineage
+    assert not processor.force_flush(300)  # honours its deadline while the database is down
+    assert processor.handoff.pending() == 5
+    assert processor.stats.snapshot().errors >= 1
+    db.upgrade(empty_db_url)
+    assert processor.force_flush(10_000)
+    engine = create_lineage_engine(empty_db_url)
+    assert len(lineage_rows(engine)) == 5
+    processor.shutdown()
+    with engine.connect() as conn:
+        saved = conn.execute(select(lineage_counters)).mappings().one()
+    assert (saved["folded"], saved["written"], saved["pending"]) == (5, 5, 0)
+    engine.dispose()
+
+
+def test_force_flush_deadline_with_unreachable_database(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'missing-dir' / 'nope' / 'x.db'}"
+    processor, provider = _pipeline(url)
+    _report(provider)
+    started = time.monotonic()
+    assert not provider.force_flush(200)
+    assert time.monotonic() - started < 2.0
+    processor.shutdown()
+    assert processor.stats.snapshot().dropped == 1  # lost with the process, and counted
+
+
+def test_fork_child_starts_clean_with_a_live_writer(db_url: str, engine: Engine) -> None:
+    processor, provider = _pipeline(db_url)
+    tracer = provider.get_tracer("t")
+    open_root = tracer.start_span(semconv.SPAN_GENERATE)  # in flight at fork time
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child reports through its exit status
+        ok = processor._buffers == {} and processor.writer is not None
+        _report(provider)
+        ok = ok and processor.force_flush(10_000)
+        os._exit(0 if ok else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    open_root.end()
+    assert processor.force_flush(10_000)
+    processor.shutdown()
+    with engine.connect() as conn:
+        assert conn.scalar(select(func.count()).select_from(report_lineage)) == 2
+
+
+def test_counters_are_exported_as_metrics(db_url: str) -> None:
+    reader = InMemoryMetricReader()
+    meter_provider = MeterProvider(metric_readers=[reader])
+    stats = LineageStats()
+    stats.register_metrics(lambda: 3, meter_provider)
+    stats.add("folded", 2)
+    stats.add("late")
+    data = reader.get_metrics_data()
+    assert data is not None
+    values = {
+        metric.name: metric.data.data_points[0].value
+        for rm in data.resource_metrics
+        for sm in rm.scope_metrics
+        for metric in sm.metrics
+    }
+    assert values["otel_lineage.folded"] == 2
+    assert values["otel_lineage.late"] == 1
+    assert values["otel_lineage.pending"] == 3
+    meter_provider.shutdown()
+
+
+@pytest.mark.parametrize("value", ["false", "0", "off", "no", " FALSE "])
+def test_flag_values(value: str) -> None:
+    from otel_lineage.settings import lineage_enabled
+
+    assert not lineage_enabled({"ENABLE_REPORT_LINEAGE": value})
+    assert lineage_enabled({})
