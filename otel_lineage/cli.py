@@ -19,7 +19,14 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from otel_lineage.configuration import create_lineage_engine
-from otel_lineage.query import LineageNotFoundError, audit, get_row, inputs_summary, public_row
+from otel_lineage.query import (
+    LineageNotFoundError,
+    audit,
+    get_row,
+    inputs_summary,
+    latest_report_id,
+    public_row,
+)
 from otel_lineage.settings import DEFAULT_DATABASE_URL, LineageSettings
 
 app = typer.Typer(help="Report lineage: audit capture, show one report.", no_args_is_help=True)
@@ -100,12 +107,18 @@ def audit_cmd(
 
 @app.command("show")
 def show(
-    report_id: Annotated[str, typer.Argument(help="ReportGeneration id.")],
+    report_id: Annotated[str | None, typer.Argument(help="ReportGeneration id.")] = None,
+    latest: Annotated[bool, typer.Option("--latest", help="The most recent report.")] = False,
     json: JsonOpt = False,
 ) -> None:
     """One report's lineage: status, hashes, steps, inputs summary."""
+    if (report_id is None) == (not latest):
+        err.print("[red]give a report id or --latest (not both)[/]")
+        raise typer.Exit(2)
+    engine = _lineage_engine()
     try:
-        row = get_row(_lineage_engine(), report_id)
+        report_id = report_id or latest_report_id(engine)
+        row = get_row(engine, report_id)
     except LineageNotFoundError as exc:
         err.print(f"[red]{exc}[/]")
         raise typer.Exit(1) from exc

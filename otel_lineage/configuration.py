@@ -165,6 +165,7 @@ def create_lineage_engine(url: str) -> Engine:
     def _wal(dbapi_connection: object, _record: object) -> None:
         cursor = dbapi_connection.cursor()  # type: ignore[attr-defined]
         cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")  # WAL: safe against process crashes
         cursor.close()
 
     return engine

@@ -53,6 +53,20 @@ def get_row(engine: Engine, report_id: str) -> dict[str, Any]:
     return {str(k): _aware(v) if isinstance(v, datetime) else v for k, v in row.items()}
 
 
+def latest_report_id(engine: Engine) -> str:
+    """The report id of the most recently started lineage row."""
+    with untraced(), engine.connect() as conn:
+        report_id = conn.scalar(
+            select(report_lineage.c.report_generation_id)
+            .where(report_lineage.c.report_generation_id.is_not(None))
+            .order_by(report_lineage.c.started_at.desc(), report_lineage.c.id.desc())
+            .limit(1)
+        )
+    if report_id is None:
+        raise LineageNotFoundError("the lineage table is empty")
+    return str(report_id)
+
+
 def inputs_summary(row: dict[str, Any]) -> dict[str, Any]:
     """What the stored snapshot holds, after checking it against the recorded digest."""
     blob = row.get("inputs_snapshot")

@@ -14,13 +14,10 @@ import socket
 import uuid
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
-from typing import Any
 
 from opentelemetry import context as otel_context
 from opentelemetry.instrumentation.utils import suppress_instrumentation
-from sqlalchemy import Engine, Table
-from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.sql.dml import Insert
+from sqlalchemy import Engine, Table, TextClause, bindparam, text
 
 from otel_lineage.record import LineageRecord
 from otel_lineage.schema import lineage_counters, report_lineage
@@ -42,17 +39,24 @@ def untraced() -> Iterator[None]:
         otel_context.detach(token)
 
 
-def _upsert(engine: Engine, table: Table, key: str) -> Insert:
-    dialect = engine.dialect.name
-    if dialect == "postgresql":
-        stmt: Any = postgresql.insert(table)
-    elif dialect == "sqlite":
-        stmt = sqlite.insert(table)
-    else:  # pragma: no cover - only the two supported dialects reach here
-        raise NotImplementedError(f"no upsert for dialect {dialect}")
-    updates = {c.name: stmt.excluded[c.name] for c in table.columns if c.name not in ("id", key)}
-    result: Insert = stmt.on_conflict_do_update(index_elements=[key], set_=updates)
-    return result
+def upsert_statement(table: Table, key: str) -> TextClause:
+    """``INSERT ... ON CONFLICT (key) DO UPDATE`` for ``table``, as one cacheable statement.
+
+    SQLite (>= 3.24) and PostgreSQL accept the same syntax. It is written as ``text()`` with
+    typed bind parameters because the dialect ``insert().on_conflict_do_update()`` constructs
+    opt out of SQLAlchemy's statement cache (``inherit_cache = False`` in 2.0): compiled anew
+    on every execution, they cost about 0.5 ms of CPU per single-row batch here, ten times the
+    insert itself.
+    """
+    columns = [c for c in table.columns if c.name != "id"]  # the surrogate key is generated
+    names = [c.name for c in columns]
+    updates = ", ".join(f"{n} = excluded.{n}" for n in names if n != key)
+    sql = (
+        f"INSERT INTO {table.name} ({', '.join(names)}) "
+        f"VALUES ({', '.join(':' + n for n in names)}) "
+        f"ON CONFLICT ({key}) DO UPDATE SET {updates}"
+    )
+    return text(sql).bindparams(*(bindparam(c.name, type_=c.type) for c in columns))
 
 
 class LineageStore:
@@ -60,8 +64,8 @@ class LineageStore:
 
     def __init__(self, engine: Engine, *, service_name: str | None = None) -> None:
         self.engine = engine
-        self._lineage_upsert = _upsert(engine, report_lineage, "trace_id")
-        self._counters_upsert = _upsert(engine, lineage_counters, "instance_id")
+        self._lineage_upsert = upsert_statement(report_lineage, "trace_id")
+        self._counters_upsert = upsert_statement(lineage_counters, "instance_id")
         self.instance_id = str(uuid.uuid4())
         self._service_name = service_name
         self._started_at = datetime.now(UTC)

@@ -42,6 +42,7 @@ class BackgroundWriter:
         *,
         batch_size: int = 500,
         idle_wait_s: float = 0.2,
+        linger_s: float = 0.5,
         min_backoff_s: float = 0.2,
         max_backoff_s: float = 30.0,
         counters_every_s: float = 2.0,
@@ -51,6 +52,7 @@ class BackgroundWriter:
         self._stats = stats
         self._batch_size = batch_size
         self._idle_wait = idle_wait_s
+        self._linger = linger_s
         self._min_backoff = min_backoff_s
         self._max_backoff = max_backoff_s
         self._counters_every = counters_every_s
@@ -97,6 +99,15 @@ class BackgroundWriter:
         items = self.handoff.take(self._batch_size, self._idle_wait)
         if not items:
             return True
+        # Linger briefly for a fuller batch: one transaction per batch, not per report, is
+        # what keeps the writer's cost per record low when reports trickle in.
+        deadline = time.monotonic() + self._linger
+        while len(items) < self._batch_size and not self._stop.is_set():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or self._wake.is_set():
+                break
+            items += self.handoff.take(self._batch_size - len(items), remaining)
+        self._wake.clear()
         try:
             self.store.upsert([item.record for item in items])
         except Exception as exc:
