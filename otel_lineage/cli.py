@@ -8,7 +8,9 @@ report database for the audit from ``D6_DATABASE_URL``.
 from __future__ import annotations
 
 import os
+import time
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Annotated, Any
 
 import orjson
@@ -19,6 +21,7 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from otel_lineage.configuration import create_lineage_engine
+from otel_lineage.outbox import OutboxHandOff, inspect_outboxes, pending_generation_ids
 from otel_lineage.query import (
     LineageNotFoundError,
     audit,
@@ -27,9 +30,12 @@ from otel_lineage.query import (
     latest_report_id,
     public_row,
 )
-from otel_lineage.settings import DEFAULT_DATABASE_URL, LineageSettings
+from otel_lineage.settings import DEFAULT_DATABASE_URL, MEMORY_OUTBOX, LineageSettings
+from otel_lineage.store import LineageStore
 
 app = typer.Typer(help="Report lineage: audit capture, show one report.", no_args_is_help=True)
+outbox_app = typer.Typer(help="The local outbox of lineage records.", no_args_is_help=True)
+app.add_typer(outbox_app, name="outbox")
 console = Console()
 err = Console(stderr=True)
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
@@ -65,8 +71,11 @@ def audit_cmd(
     json: JsonOpt = False,
 ) -> None:
     """Reconcile report generations with lineage rows; exit 1 below 100% capture."""
+    waiting = _waiting_in_outbox()
     try:
-        report = audit(_reports_engine(), _lineage_engine(), since=_parse_since(since))
+        report = audit(
+            _reports_engine(), _lineage_engine(), since=_parse_since(since), waiting=waiting
+        )
     except SQLAlchemyError as exc:
         err.print(f"[red]cannot read the databases:[/] {exc.__class__.__name__}: {exc}")
         raise typer.Exit(2) from exc
@@ -88,8 +97,8 @@ def audit_cmd(
         )
         if report.missing:
             table = Table(title="Reports without lineage")
-            for name in ("report_generation_id", "status", "requested_at", "trace_id"):
-                table.add_column(name)
+            for name in ("report_generation_id", "status", "requested_at", "trace_id", "why"):
+                table.add_column(name, overflow="fold")
             for item in report.missing[:50]:
                 table.add_row(*(str(item[k] or "") for k in item))
             console.print(table)
@@ -172,6 +181,79 @@ def show(
             step["status"] + (f" ({step['error_type']})" if step.get("error_type") else ""),
         )
     console.print(steps)
+
+
+@outbox_app.command("status")
+def outbox_status(json: JsonOpt = False) -> None:
+    """Outbox files under OTEL_LINEAGE_OUTBOX: records waiting, age, whether the owner lives."""
+    directory = _outbox_dir()
+    files = inspect_outboxes(directory) if directory else []
+    now = time.time()
+    listed = [
+        {
+            "path": str(f.path),
+            "records": f.records,
+            "bytes": f.bytes,
+            "oldest_age_s": round(now - f.oldest, 1) if f.oldest else None,
+            "owner_alive": f.owner_alive,
+        }
+        for f in files
+    ]
+    if json:
+        _dump(listed)
+        return
+    if directory is None:
+        console.print("the outbox is in memory (OTEL_LINEAGE_OUTBOX=memory): nothing on disk")
+        return
+    table = Table(title=f"Lineage outbox {directory}")
+    for name in ("file", "records", "bytes", "oldest (s)", "owner"):
+        table.add_column(name)
+    for item in listed:
+        table.add_row(
+            Path(str(item["path"])).name,
+            str(item["records"]),
+            str(item["bytes"]),
+            str(item["oldest_age_s"] or "-"),
+            "alive" if item["owner_alive"] else "[yellow]dead: flush to ship[/]",
+        )
+    console.print(table)
+    console.print(f"{sum(f.records for f in files)} records waiting in {len(files)} files")
+
+
+@outbox_app.command("flush")
+def outbox_flush() -> None:
+    """Ship the records of dead processes' outboxes to the lineage database now."""
+    directory = _outbox_dir()
+    if directory is None:
+        err.print("the outbox is in memory: there is nothing on disk to flush")
+        raise typer.Exit(2)
+    settings = LineageSettings.from_env()
+    box = OutboxHandOff(directory, max_records=settings.max_pending)
+    store = LineageStore(create_lineage_engine(settings.database_url))
+    adopted = box.recover()
+    written = 0
+    try:
+        while batch := box.take(settings.batch_size, 0):
+            store.upsert([item.record for item in batch])
+            box.ack(batch)
+            written += len(batch)
+    except SQLAlchemyError as exc:
+        err.print(f"[red]lineage database unreachable; {box.pending()} records kept:[/] {exc}")
+        raise typer.Exit(1) from exc
+    finally:
+        box.close()
+        store.engine.dispose()
+    console.print(f"adopted {adopted} records from dead processes, wrote {written}")
+
+
+def _outbox_dir() -> Path | None:
+    outbox = LineageSettings.from_env().outbox
+    return None if outbox == MEMORY_OUTBOX else Path(outbox)
+
+
+def _waiting_in_outbox() -> dict[str, Path]:
+    directory = _outbox_dir()
+    return pending_generation_ids(directory) if directory and directory.is_dir() else {}
 
 
 def _inputs_line(inputs: dict[str, Any]) -> str:

@@ -11,6 +11,7 @@ import logging
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 from opentelemetry import metrics, trace
 from opentelemetry.sdk.resources import Resource
@@ -19,11 +20,12 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 from opentelemetry.sdk.trace.sampling import Sampler
 from sqlalchemy import Engine, create_engine, event
 
-from otel_lineage.handoff import MemoryHandOff
+from otel_lineage.handoff import HandOff, MemoryHandOff
 from otel_lineage.listeners import TraceStamper
+from otel_lineage.outbox import OutboxHandOff
 from otel_lineage.processor import LineageSpanProcessor
 from otel_lineage.sampler import LineageSampler, sampler_from_name
-from otel_lineage.settings import LineageSettings
+from otel_lineage.settings import MEMORY_OUTBOX, LineageSettings
 from otel_lineage.stats import LineageStats
 from otel_lineage.store import LineageStore
 from otel_lineage.writer import BackgroundWriter
@@ -136,7 +138,7 @@ def attach(
         service_name=str(service) if service else None,
     )
     stats = LineageStats()
-    handoff = MemoryHandOff(settings.max_pending)
+    handoff = make_handoff(settings)
     writer = BackgroundWriter(handoff, store, stats, batch_size=settings.batch_size)
     processor = LineageSpanProcessor(
         handoff,
@@ -152,6 +154,17 @@ def attach(
     stamper.install()
     return Lineage(
         provider=provider, settings=settings, processor=processor, stamper=stamper, store=store
+    )
+
+
+def make_handoff(settings: LineageSettings) -> HandOff:
+    """The durable outbox under ``settings.outbox``, or memory when it says ``memory``."""
+    if settings.outbox == MEMORY_OUTBOX:
+        return MemoryHandOff(settings.max_pending)
+    return OutboxHandOff(
+        Path(settings.outbox),
+        max_records=settings.max_pending,
+        max_bytes=settings.outbox_max_bytes,
     )
 
 

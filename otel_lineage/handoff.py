@@ -43,6 +43,9 @@ class HandOff(Protocol):
     def abandon(self) -> int:
         """The process is stopping: how many pending records are lost with it."""
 
+    def recover(self) -> int:
+        """Take over records left behind by dead processes; how many were taken."""
+
     def reset_after_fork(self) -> None:
         """Drop process-local state a forked child must not inherit."""
 
@@ -87,6 +90,9 @@ class MemoryHandOff:
     def pending(self) -> int:
         with self._cond:
             return len(self._queue) + self._in_flight
+
+    def recover(self) -> int:
+        return 0  # memory dies with its process: there is nothing to recover
 
     def abandon(self) -> int:
         with self._cond:

@@ -8,6 +8,7 @@ databases, so the reconciliation is done on ids in Python, bounded by ``since``.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -122,7 +123,19 @@ class AuditReport:
         return {**asdict(self), "capture_rate": self.capture_rate}
 
 
-def audit(reports: Engine, lineage: Engine, *, since: datetime | None = None) -> AuditReport:
+def audit(
+    reports: Engine,
+    lineage: Engine,
+    *,
+    since: datetime | None = None,
+    waiting: Mapping[str, object] | None = None,
+) -> AuditReport:
+    """Reconcile generations with lineage rows.
+
+    ``waiting`` maps report ids whose record is still in a local outbox to where it waits, so a
+    missing row can be explained rather than only counted.
+    """
+    waiting = waiting or {}
     now = datetime.now(UTC)
     query = select(_generations)
     if since is not None:
@@ -166,9 +179,18 @@ def audit(reports: Engine, lineage: Engine, *, since: datetime | None = None) ->
                 "status": generation["status"],
                 "requested_at": requested.isoformat(),
                 "trace_id": generation["trace_id"],
+                "reason": _why_missing(generation["id"], generation["status"], waiting),
             }
         )
     return report
+
+
+def _why_missing(report_id: str, status: str, waiting: Mapping[str, object]) -> str:
+    if report_id in waiting:
+        return f"record waiting in local outbox {waiting[report_id]} (database unreachable?)"
+    if status in ("pending", "generating"):
+        return "the generation never finished: its process stopped mid-report"
+    return "no lineage record: lost (see the dropped/evicted counters) or lineage was off"
 
 
 def _lineage_by_generation(conn: Connection, ids: list[str]) -> dict[str, Row[Any]]:

@@ -8,6 +8,7 @@ serialise to and from compact bytes.
 from __future__ import annotations
 
 import dataclasses
+import struct
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -16,6 +17,7 @@ import orjson
 import zstandard
 
 CODEC = "zstd"
+_HEADER = struct.Struct(">I")
 _LEVEL = 3
 
 
@@ -71,21 +73,27 @@ class LineageRecord:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
 
     def to_bytes(self) -> bytes:
-        return orjson.dumps(
+        """Compact serialisation: JSON of the scalar fields, then the two blobs, raw."""
+        snapshot = self.inputs_snapshot or b""
+        fields_json = orjson.dumps(
             {
                 **self.as_row(),
-                "inputs_snapshot": self.inputs_snapshot.hex() if self.inputs_snapshot else None,
-                "span_tree": self.span_tree.hex(),
+                "inputs_snapshot": len(snapshot) if self.inputs_snapshot else None,
+                "span_tree": len(self.span_tree),
             }
         )
+        return _HEADER.pack(len(fields_json)) + fields_json + snapshot + self.span_tree
 
     @classmethod
     def from_bytes(cls, data: bytes) -> LineageRecord:
-        values = orjson.loads(data)
-        values["inputs_snapshot"] = (
-            bytes.fromhex(values["inputs_snapshot"]) if values["inputs_snapshot"] else None
-        )
-        values["span_tree"] = bytes.fromhex(values["span_tree"])
+        (json_size,) = _HEADER.unpack_from(data)
+        start = _HEADER.size + json_size
+        values = orjson.loads(data[_HEADER.size : start])
+        snapshot_size = values["inputs_snapshot"]
+        if snapshot_size is not None:
+            values["inputs_snapshot"] = data[start : start + snapshot_size]
+            start += snapshot_size
+        values["span_tree"] = data[start : start + values["span_tree"]]
         for key in ("started_at", "ended_at", "created_at"):
             if values[key] is not None:
                 values[key] = datetime.fromisoformat(values[key])

@@ -14,6 +14,9 @@ from pathlib import Path
 
 FALSE_VALUES = frozenset({"0", "false", "no", "off"})
 DEFAULT_DATABASE_URL = f"sqlite:///{Path('var').resolve() / 'd6_reports.db'}"
+DEFAULT_OUTBOX = Path("var") / "lineage-outbox"
+#: ``OTEL_LINEAGE_OUTBOX=memory`` keeps records in memory only (survives outages, not crashes).
+MEMORY_OUTBOX = "memory"
 
 
 def lineage_enabled(environ: Mapping[str, str] | None = None) -> bool:
@@ -30,6 +33,8 @@ class LineageSettings:
     trace_ttl_s: float
     max_pending: int
     batch_size: int
+    outbox: str
+    outbox_max_bytes: int
     jaeger_url: str | None
 
     @classmethod
@@ -45,5 +50,7 @@ class LineageSettings:
             trace_ttl_s=float(env.get("OTEL_LINEAGE_TRACE_TTL", "600")),
             max_pending=int(env.get("OTEL_LINEAGE_MAX_PENDING", "100000")),
             batch_size=int(env.get("OTEL_LINEAGE_BATCH_SIZE", "500")),
+            outbox=env.get("OTEL_LINEAGE_OUTBOX") or str(DEFAULT_OUTBOX.resolve()),
+            outbox_max_bytes=int(env.get("OTEL_LINEAGE_OUTBOX_MAX_BYTES", str(1 << 30))),
             jaeger_url=env.get("OTEL_LINEAGE_JAEGER_URL") or None,
         )

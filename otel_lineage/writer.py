@@ -8,6 +8,7 @@ blocks or fails a report.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -46,6 +47,7 @@ class BackgroundWriter:
         min_backoff_s: float = 0.2,
         max_backoff_s: float = 30.0,
         counters_every_s: float = 2.0,
+        recover_every_s: float = 60.0,
     ) -> None:
         self.handoff = handoff
         self.store = store
@@ -56,6 +58,7 @@ class BackgroundWriter:
         self._min_backoff = min_backoff_s
         self._max_backoff = max_backoff_s
         self._counters_every = counters_every_s
+        self._recover_every = recover_every_s
         self._init_thread_state()
 
     def _init_thread_state(self) -> None:
@@ -64,6 +67,7 @@ class BackgroundWriter:
         self._thread: threading.Thread | None = None
         self._backoff = 0.0
         self._counters_saved_at = 0.0
+        self._recovered_at = 0.0
 
     def start(self) -> None:
         if self._thread is None:
@@ -75,14 +79,32 @@ class BackgroundWriter:
     def _run(self) -> None:
         with untraced():  # nothing this thread does may ever create a span
             while not self._stop.is_set():
-                self._cycle()
-            while self.handoff.pending() and self._write_once():
-                pass  # drain on stop, as long as the database accepts
+                try:
+                    self._recover()
+                    self._cycle()
+                except Exception:  # the writer must outlive any failure of its parts
+                    self._stats.add("errors")
+                    _log.exception("lineage writer cycle failed")
+                    self._stop.wait(self._max_backoff / 10)
+            with contextlib.suppress(Exception):
+                while self.handoff.pending() and self._write_once():
+                    pass  # drain on stop, as long as the database and hand-off allow
             lost = self.handoff.abandon()
             if lost:
                 self._stats.add("dropped", lost)
                 _log.warning("lineage writer stopped with %d records unwritten", lost)
             self._save_counters(force=True)
+
+    def _recover(self) -> None:
+        """Adopt what dead processes left behind: at start, then every ``recover_every_s``."""
+        now = time.monotonic()
+        if self._recovered_at and now - self._recovered_at < self._recover_every:
+            return
+        self._recovered_at = now
+        try:
+            self.handoff.recover()
+        except Exception:
+            _log.exception("recovering orphaned lineage records failed")
 
     def _cycle(self) -> None:
         if self._backoff:

@@ -54,6 +54,14 @@ def _postgres_schema_url() -> Iterator[str]:
         admin.dispose()
 
 
+@pytest.fixture(autouse=True)
+def outbox_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Each test gets its own lineage outbox directory (never the repository's ./var)."""
+    directory = tmp_path / "outbox"
+    monkeypatch.setenv("OTEL_LINEAGE_OUTBOX", str(directory))
+    return directory
+
+
 @pytest.fixture(params=BACKENDS)
 def empty_db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """A database URL with no tables, on each backend."""

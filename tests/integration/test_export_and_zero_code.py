@@ -119,6 +119,7 @@ def _instrumented_env(db_url: str, tmp_path: Path, **extra: str) -> dict[str, st
         OTEL_TRACES_EXPORTER="none",
         OTEL_METRICS_EXPORTER="none",
         OTEL_LOGS_EXPORTER="none",
+        OTEL_LINEAGE_OUTBOX=str(tmp_path / "outbox"),
         PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}",
     )
     env.update(extra)
