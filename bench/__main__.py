@@ -27,45 +27,22 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 from opentelemetry.trace import NoOpTracerProvider
+from sqlalchemy import create_engine
 
 import otel_lineage
+from bench.common import NullExporter, TimedProcessor, TimedStore, summary
 from d6_reports import db
 from d6_reports.generator import GenerationOptions, ReportGenerator
 from d6_reports.seed import seed_demo
 from otel_lineage.processor import LineageSpanProcessor
-from otel_lineage.store import LineageStore
 
 RESULTS = Path(__file__).parent / "results"
 ONE_PAGE = GenerationOptions("summary")
 MULTI_PAGE = GenerationOptions("audit_report")
-
-
-class NullExporter(SpanExporter):
-    """Stands in for the OTLP exporter so tracing cost is measured without a network."""
-
-    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
-        return SpanExportResult.SUCCESS
-
-    def shutdown(self) -> None:
-        pass
-
-
-def pct(values: Sequence[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
-
-
-def summary(values: Sequence[float]) -> dict[str, float]:
-    return {
-        "n": len(values),
-        "median": round(statistics.median(values), 3),
-        "p95": round(pct(values, 0.95), 3),
-        "p99": round(pct(values, 0.99), 3),
-    }
 
 
 def generation_section(url: str, reports: Path, repeat: int) -> dict[str, Any]:
@@ -122,41 +99,6 @@ def throughput_section(tmp: Path, workers: Sequence[int], count: int) -> dict[st
             "pdfs_per_s": round(count / elapsed, 2),
         }
     return out
-
-
-class TimedProcessor(LineageSpanProcessor):
-    """The real processor, with the time spent in its hooks (fold included) accumulated."""
-
-    hook_ns = 0
-
-    def on_start(self, span: Any, parent_context: Any = None) -> None:
-        started = time.perf_counter_ns()
-        super().on_start(span, parent_context)
-        TimedProcessor.hook_ns += time.perf_counter_ns() - started
-
-    def on_end(self, span: ReadableSpan) -> None:
-        started = time.perf_counter_ns()
-        super().on_end(span)
-        TimedProcessor.hook_ns += time.perf_counter_ns() - started
-
-
-class TimedStore(LineageStore):
-    """The real store, with the writer thread's CPU time in upserts accumulated.
-
-    CPU time, not wall time: the writer shares the GIL with WeasyPrint, so its wall time
-    mostly measures waiting for the report thread, not work.
-    """
-
-    write_ns = 0
-    records = 0
-    batches = 0
-
-    def upsert(self, records: Sequence[Any]) -> None:
-        started = time.thread_time_ns()
-        super().upsert(records)
-        TimedStore.write_ns += time.thread_time_ns() - started
-        TimedStore.records += len(records)
-        TimedStore.batches += 1
 
 
 def lineage_section(url: str, reports: Path, rounds: int, ratio: float) -> dict[str, Any]:
@@ -334,6 +276,25 @@ def write_markdown(results: dict[str, Any], path: Path) -> None:
         f"{micro['us_per_report_tracing_plus_lineage']} µs/report "
         f"(lineage {micro['lineage_us_per_report']} µs).",
     ]
+    if "designs" in results:
+        lines += [
+            "",
+            "## Lineage designs, added latency on the report thread (PostgreSQL)",
+            "",
+            "| design | median ms | p95 ms | p99 ms |",
+            "|---|---|---|---|",
+        ]
+        for name, data in results["designs"].items():
+            lines.append(f"| {name} | {data['median']} | {data['p95']} | {data['p99']} |")
+        writer, gap, put = results["writer"], results["gap"], results["outbox_put"]
+        lines += [
+            "",
+            f"Writer: {writer['records']} records in batches of {writer['batch']}: "
+            f"{writer['rows_per_s']} rows/s ({writer['record_bytes']} bytes per record). "
+            f"Outbox insert: median {put['median_us']} µs, p99 {put['p99_us']} µs. "
+            f"Row visible in the database {gap['median_s']} s (median, max "
+            f"{gap['max_s']} s) after generate_report returned.",
+        ]
     path.write_text("\n".join(lines) + "\n")
 
 
@@ -364,9 +325,35 @@ def main(argv: Sequence[str] | None = None) -> None:
         results["lineage"] = lineage_section(url, reports, args.rounds, args.ratio)
         step("hooks")
         results["hooks"] = hook_microbench(2000)
+        pg = _postgres_url()
+        if pg is None:
+            print("bench: PostgreSQL unreachable, skipping the design comparison", file=sys.stderr)
+        else:
+            from bench import durability
+
+            with durability.postgres_schema(pg) as scoped:
+                step("designs (PostgreSQL)")
+                results["designs"] = durability.design_comparison(scoped, reports, args.rounds)
+                step("writer throughput (PostgreSQL)")
+                results["writer"] = durability.writer_throughput(scoped, 20_000, 500)
+                step("row visibility gap (PostgreSQL)")
+                results["gap"] = durability.row_visibility_gap(scoped, reports, 20)
+            results["outbox_put"] = durability.outbox_put_cost(Path(tmp), url, 2000)
     (RESULTS / "latest.json").write_text(json.dumps(results, indent=2) + "\n")
     write_markdown(results, RESULTS / "latest.md")
     print((RESULTS / "latest.md").read_text())
+
+
+def _postgres_url() -> str | None:
+    url = os.environ.get("D6_BENCH_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1/test")
+    try:
+        engine = create_engine(url)
+        with engine.connect():
+            pass
+        engine.dispose()
+    except Exception:
+        return None
+    return url
 
 
 def _announce(name: str) -> None:

@@ -120,6 +120,7 @@ def span_tree_json(spans: Sequence[ReadableSpan], root: ReadableSpan) -> bytes:
     resource = root.resource
     document = {
         "resource": dict(resource.attributes) if resource else {},
+        "trace_state": root.context.trace_state.to_header() if root.context else "",
         "spans": [_span_dict(span) for span in sorted(spans, key=lambda s: s.start_time or 0)],
     }
     return orjson.dumps(document, default=_jsonable)
@@ -149,7 +150,6 @@ def _span_dict(span: ReadableSpan) -> dict[str, Any]:
             for link in span.links
         ],
         "scope": {"name": scope.name, "version": scope.version} if scope else None,
-        "trace_state": ctx.trace_state.to_header(),
         "sampled": ctx.trace_flags.sampled,
     }
 
@@ -168,9 +168,11 @@ def _first_by_name(spans: Sequence[ReadableSpan]) -> dict[str, ReadableSpan]:
 
 
 def _merged_attributes(root: ReadableSpan, spans: Sequence[ReadableSpan]) -> dict[str, Any]:
-    """report.* attributes from every span; the root's own values win."""
+    """report.* attributes from the report's own spans; the root's own values win."""
     merged: dict[str, Any] = {}
     for span in spans:
+        if not span.name.startswith("report."):
+            continue  # SQL and other library spans carry no report.* attributes
         for key, value in (span.attributes or {}).items():
             if key.startswith("report."):
                 merged.setdefault(key, value)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import struct
+import threading
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -21,9 +22,15 @@ _HEADER = struct.Struct(">I")
 _LEVEL = 3
 
 
+_local = threading.local()
+
+
 def compress(data: bytes) -> bytes:
-    # ZstdCompressor objects are not thread-safe for concurrent calls; one call is one frame.
-    return zstandard.ZstdCompressor(level=_LEVEL).compress(data)
+    """zstd, one compressor per thread: creating one costs more than compressing a report."""
+    compressor: zstandard.ZstdCompressor | None = getattr(_local, "compressor", None)
+    if compressor is None:
+        compressor = _local.compressor = zstandard.ZstdCompressor(level=_LEVEL)
+    return compressor.compress(data)
 
 
 def decompress(data: bytes, codec: str = CODEC) -> bytes:
