@@ -31,8 +31,8 @@ db_app = typer.Typer(help="Database schema (Alembic).", no_args_is_help=True)
 templates_app = typer.Typer(help="Report templates and their lock file.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(templates_app, name="templates")
-console = Console()
-err = Console(stderr=True)
+console = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
 
 TemplateOpt = Annotated[str, typer.Option("--template", help="Template name.")]
 VersionOpt = Annotated[

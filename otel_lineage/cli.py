@@ -7,7 +7,9 @@ report database for the audit from ``D6_DATABASE_URL``.
 
 from __future__ import annotations
 
+import hashlib
 import os
+import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,23 +23,32 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from otel_lineage.configuration import create_lineage_engine
+from otel_lineage.exports import TraceUnavailableError, span_tree, to_jaeger, to_otlp_json
+from otel_lineage.openlineage import emit as emit_events
+from otel_lineage.openlineage import run_events
 from otel_lineage.outbox import OutboxHandOff, inspect_outboxes, pending_generation_ids
 from otel_lineage.query import (
     LineageNotFoundError,
+    ListFilter,
     audit,
     get_row,
     inputs_summary,
     latest_report_id,
+    list_rows,
     public_row,
+    rows_by_output,
+    step_stats,
 )
+from otel_lineage.retention import prune
 from otel_lineage.settings import DEFAULT_DATABASE_URL, MEMORY_OUTBOX, LineageSettings
 from otel_lineage.store import LineageStore
+from otel_lineage.verify import VerifyError, stored_snapshot, verify
 
 app = typer.Typer(help="Report lineage: audit capture, show one report.", no_args_is_help=True)
 outbox_app = typer.Typer(help="The local outbox of lineage records.", no_args_is_help=True)
 app.add_typer(outbox_app, name="outbox")
-console = Console()
-err = Console(stderr=True)
+console = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
 
 
@@ -254,6 +265,253 @@ def _outbox_dir() -> Path | None:
 def _waiting_in_outbox() -> dict[str, Path]:
     directory = _outbox_dir()
     return pending_generation_ids(directory) if directory and directory.is_dir() else {}
+
+
+@app.command("list")
+def list_cmd(
+    business: Annotated[int | None, typer.Option(help="Business id.")] = None,
+    template: Annotated[str | None, typer.Option(help="Template name.")] = None,
+    version: Annotated[str | None, typer.Option(help="Template version.")] = None,
+    status: Annotated[str | None, typer.Option(help="completed or failed.")] = None,
+    since: Annotated[str | None, typer.Option(help="Started at/after (ISO).")] = None,
+    until: Annotated[str | None, typer.Option(help="Started before (ISO).")] = None,
+    incomplete: Annotated[bool, typer.Option("--incomplete", help="Incomplete only.")] = False,
+    limit: Annotated[int, typer.Option(min=1, max=10_000)] = 50,
+    page: Annotated[int, typer.Option(min=1, help="Page number (of --limit rows).")] = 1,
+    json: JsonOpt = False,
+) -> None:
+    """Lineage rows, newest first, filtered and paginated."""
+    where = ListFilter(
+        business_id=business,
+        template_name=template,
+        template_version=version,
+        status=status,
+        since=_parse_since(since),
+        until=_parse_since(until),
+        incomplete_only=incomplete,
+    )
+    rows, total = list_rows(_lineage_engine(), where, limit=limit, offset=(page - 1) * limit)
+    if json:
+        _dump({"total": total, "page": page, "limit": limit, "rows": rows})
+        return
+    table = Table(title=f"Lineage rows {len(rows)} of {total} (page {page})")
+    for name in ("report", "business", "template", "status", "started", "ms", "pages", "trace"):
+        table.add_column(name, overflow="fold")
+    for row in rows:
+        table.add_row(
+            str(row["report_generation_id"]),
+            str(row["business_id"]),
+            f"{row['template_name']} {row['template_version']}",
+            row["status"] + ("" if row["complete"] else " [yellow](incomplete)[/]"),
+            row["started_at"].isoformat(timespec="seconds"),
+            f"{row['duration_ms']:.0f}" if row["duration_ms"] is not None else "-",
+            str(row["output_pages"] or "-"),
+            row["trace_id"],
+        )
+    console.print(table)
+
+
+@app.command("identify")
+def identify(
+    pdf: Annotated[Path, typer.Argument(help="A PDF someone sent you.")],
+    json: JsonOpt = False,
+) -> None:
+    """Which report, generation and lineage produced this PDF (by its sha256)."""
+    try:
+        data = pdf.read_bytes()
+    except OSError as exc:
+        err.print(f"[red]cannot read {pdf}: {exc.strerror}[/]")
+        raise typer.Exit(1) from exc
+    if not data.startswith(b"%PDF-"):
+        err.print(f"[red]{pdf} is not a PDF (it does not start with %PDF-)[/]")
+        raise typer.Exit(1)
+    digest = hashlib.sha256(data).hexdigest()
+    rows = rows_by_output(_lineage_engine(), digest)
+    if json:
+        _dump({"sha256": digest, "matches": rows})
+    if not rows:
+        err.print(f"[red]no report produced a PDF with sha256 {digest}[/]")
+        raise typer.Exit(1)
+    if not json:
+        console.print(f"sha256 {digest}: produced by {len(rows)} report(s)")
+        for row in rows:
+            console.print(
+                f"  report [bold]{row['report_generation_id']}[/], business "
+                f"{row['business_id']}, {row['template_name']} {row['template_version']}, "
+                f"{row['started_at'].isoformat(timespec='seconds')}, inputs "
+                f"{row['inputs_sha256']}, trace {row['trace_id']}"
+            )
+
+
+@app.command("inputs")
+def inputs_cmd(
+    report_id: Annotated[str, typer.Argument(help="ReportGeneration id.")],
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write to a file.")] = None,
+) -> None:
+    """The input snapshot of a report, byte-exact (checked against its recorded sha256)."""
+    row = _row_or_exit(report_id)
+    try:
+        data = stored_snapshot(row)
+    except VerifyError as exc:
+        err.print(f"[red]{exc}[/]")
+        raise typer.Exit(1) from exc
+    if output is None:
+        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()
+    else:
+        output.write_bytes(data)
+        err.print(f"wrote {len(data)} bytes (sha256 {row['inputs_sha256']}) to {output}")
+
+
+@app.command("stats")
+def stats(
+    since: Annotated[str | None, typer.Option(help="Started at/after (ISO).")] = None,
+    json: JsonOpt = False,
+) -> None:
+    """Per template version: reports, failure rate, p50/p95 of each step."""
+    groups = step_stats(_lineage_engine(), since=_parse_since(since))
+    if json:
+        _dump(groups)
+        return
+    table = Table(title="Reports per template version")
+    for name in ("template", "reports", "failed", "failure rate", "step", "p50 ms", "p95 ms"):
+        table.add_column(name)
+    for group in groups:
+        label = f"{group['template_name']} {group['template_version']}"
+        first = True
+        for step, figures in group["steps"].items() or [("-", {"p50_ms": "-", "p95_ms": "-"})]:
+            table.add_row(
+                label if first else "",
+                str(group["count"]) if first else "",
+                str(group["failed"]) if first else "",
+                f"{group['failure_rate']:.1%}" if first else "",
+                step,
+                str(figures["p50_ms"]),
+                str(figures["p95_ms"]),
+            )
+            first = False
+    console.print(table)
+
+
+@app.command("verify")
+def verify_cmd(
+    report_id: Annotated[str, typer.Argument(help="ReportGeneration id.")],
+    json: JsonOpt = False,
+) -> None:
+    """Re-render from the stored snapshot and template version; exit 1 on any difference."""
+    row = _row_or_exit(report_id)
+    try:
+        result = verify(row)
+    except VerifyError as exc:
+        err.print(f"[red]cannot verify: {exc}[/]")
+        raise typer.Exit(1) from exc
+    if json:
+        _dump(
+            {
+                "report_generation_id": result.report_generation_id,
+                "ok": result.ok,
+                "checks": [
+                    {"what": c.what, "recorded": c.recorded, "actual": c.actual, "ok": c.ok}
+                    for c in result.checks
+                ],
+            }
+        )
+    else:
+        for check in result.checks:
+            if check.ok:
+                console.print(f"[green]match[/]    {check.what} {check.actual}")
+            else:
+                console.print(
+                    f"[red]DIFFERS[/]  {check.what}: recorded {check.recorded}, "
+                    f"re-rendered {check.actual}"
+                )
+        console.print(
+            "[green]reproduced byte for byte[/]" if result.ok else "[red]not reproduced[/]"
+        )
+    raise typer.Exit(0 if result.ok else 1)
+
+
+@app.command("trace")
+def trace_cmd(
+    report_id: Annotated[str, typer.Argument(help="ReportGeneration id.")],
+    format: Annotated[str, typer.Option("--format", help="jaeger or otlp.")] = "jaeger",
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write to a file.")] = None,
+) -> None:
+    """The stored copy of the report's trace, as Jaeger JSON or OTLP/JSON."""
+    if format not in ("jaeger", "otlp"):
+        err.print(f"[red]unknown format {format!r}: use jaeger or otlp[/]")
+        raise typer.Exit(2)
+    row = _row_or_exit(report_id)
+    try:
+        tree = span_tree(row)
+    except Exception as exc:
+        err.print(
+            f"[red]{exc}[/]"
+            if isinstance(exc, TraceUnavailableError)
+            else f"[red]the stored span tree is corrupt: {type(exc).__name__}: {exc}[/]"
+        )
+        raise typer.Exit(1) from exc
+    document = to_jaeger(tree) if format == "jaeger" else to_otlp_json(tree)
+    text = orjson.dumps(document, option=orjson.OPT_INDENT_2)
+    if output is None:
+        typer.echo(text.decode())
+    else:
+        output.write_bytes(text)
+        err.print(f"wrote the {format} trace of report {report_id} to {output}")
+
+
+@app.command("openlineage")
+def openlineage_cmd(
+    report_id: Annotated[str | None, typer.Argument(help="ReportGeneration id.")] = None,
+    since: Annotated[str | None, typer.Option(help="Every report started at/after (ISO).")] = None,
+    emit: Annotated[str | None, typer.Option(help="POST to this Marquez-compatible URL.")] = None,
+) -> None:
+    """OpenLineage RunEvents (START, COMPLETE or FAIL) for one report or a time range."""
+    if (report_id is None) == (since is None):
+        err.print("[red]give a report id or --since (not both)[/]")
+        raise typer.Exit(2)
+    engine = _lineage_engine()
+    if report_id is not None:
+        rows = [_row_or_exit(report_id)]
+    else:
+        listed, _ = list_rows(engine, ListFilter(since=_parse_since(since)), limit=100_000)
+        rows = [get_row(engine, str(r["report_generation_id"])) for r in reversed(listed)]
+    reports_url = os.environ.get("D6_DATABASE_URL") or DEFAULT_DATABASE_URL
+    events = [event for row in rows for event in run_events(row, reports_url)]
+    if emit is None:
+        for event in events:
+            typer.echo(orjson.dumps(event).decode())
+        return
+    try:
+        sent = emit_events(events, emit)
+    except OSError as exc:
+        err.print(f"[red]emitting to {emit} failed: {exc}[/]")
+        raise typer.Exit(1) from exc
+    console.print(f"emitted {sent} events for {len(rows)} reports to {emit}")
+
+
+@app.command("prune")
+def prune_cmd(
+    snapshots_older_than: Annotated[
+        float, typer.Option("--snapshots-older-than", min=0, help="Age in days.")
+    ],
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Only report.")] = False,
+) -> None:
+    """Drop snapshots and span trees of old rows; keep hashes, steps and the row."""
+    result = prune(_lineage_engine(), older_than_days=snapshots_older_than, dry_run=dry_run)
+    verb = "would free" if dry_run else "freed"
+    console.print(
+        f"{result.rows} rows started before {result.cutoff.isoformat(timespec='seconds')}: "
+        f"{verb} {result.bytes_freed} bytes of snapshots and span trees"
+    )
+
+
+def _row_or_exit(report_id: str) -> dict[str, Any]:
+    try:
+        return get_row(_lineage_engine(), report_id)
+    except LineageNotFoundError as exc:
+        err.print(f"[red]{exc}[/]")
+        raise typer.Exit(1) from exc
 
 
 def _inputs_line(inputs: dict[str, Any]) -> str:

@@ -49,9 +49,7 @@ def get_row(engine: Engine, report_id: str) -> dict[str, Any]:
         )
     if row is None:
         raise LineageNotFoundError(f"no lineage row for report {report_id!r}")
-    # Plain str keys (column names come back as str subclasses) and aware UTC times (SQLite
-    # returns them naive) so both backends give the same values.
-    return {str(k): _aware(v) if isinstance(v, datetime) else v for k, v in row.items()}
+    return _plain(row)
 
 
 def latest_report_id(engine: Engine) -> str:
@@ -214,3 +212,123 @@ def _aware(value: datetime | str) -> datetime:
     if isinstance(value, str):
         value = datetime.fromisoformat(value)
     return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+#: Columns shown by ``list`` (everything but the blobs and the JSON detail).
+LIST_COLUMNS = (
+    "report_generation_id",
+    "business_id",
+    "template_name",
+    "template_version",
+    "status",
+    "complete",
+    "started_at",
+    "duration_ms",
+    "output_pages",
+    "output_sha256",
+    "trace_id",
+    "sampled",
+)
+
+
+@dataclass(frozen=True)
+class ListFilter:
+    business_id: int | None = None
+    template_name: str | None = None
+    template_version: str | None = None
+    status: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+    incomplete_only: bool = False
+
+
+def list_rows(
+    engine: Engine, where: ListFilter, *, limit: int = 50, offset: int = 0
+) -> tuple[list[dict[str, Any]], int]:
+    """A page of lineage rows, newest first, and the total matching the filter."""
+    c = report_lineage.c
+    conditions = []
+    if where.business_id is not None:
+        conditions.append(c.business_id == where.business_id)
+    if where.template_name is not None:
+        conditions.append(c.template_name == where.template_name)
+    if where.template_version is not None:
+        conditions.append(c.template_version == where.template_version)
+    if where.status is not None:
+        conditions.append(c.status == where.status)
+    if where.since is not None:
+        conditions.append(c.started_at >= where.since)
+    if where.until is not None:
+        conditions.append(c.started_at < where.until)
+    if where.incomplete_only:
+        conditions.append(c.complete.is_(False))
+    columns = [c[name] for name in LIST_COLUMNS]
+    page = (
+        select(*columns)
+        .where(*conditions)
+        .order_by(c.started_at.desc(), c.id.desc())
+        .limit(limit)
+        .offset(offset)
+    )
+    with untraced(), engine.connect() as conn:
+        rows = [_plain(r) for r in conn.execute(page).mappings()]
+        total = conn.scalar(select(func.count()).select_from(report_lineage).where(*conditions))
+    return rows, int(total or 0)
+
+
+def rows_by_output(engine: Engine, sha256: str) -> list[dict[str, Any]]:
+    """Every lineage row whose PDF has this sha256 (identical inputs give identical PDFs)."""
+    c = report_lineage.c
+    query = (
+        select(*(c[name] for name in LIST_COLUMNS), c.output_uri, c.inputs_sha256)
+        .where(c.output_sha256 == sha256)
+        .order_by(c.started_at)
+    )
+    with untraced(), engine.connect() as conn:
+        return [_plain(r) for r in conn.execute(query).mappings()]
+
+
+def step_stats(engine: Engine, *, since: datetime | None = None) -> list[dict[str, Any]]:
+    """Per template version: reports, failures, failure rate, p50/p95 of each step."""
+    c = report_lineage.c
+    query = select(c.template_name, c.template_version, c.status, c.steps)
+    if since is not None:
+        query = query.where(c.started_at >= since)
+    groups: dict[tuple[str, str], dict[str, Any]] = {}
+    with untraced(), engine.connect() as conn:
+        for name, version, status, steps in conn.execute(query):
+            group = groups.setdefault(
+                (name or "-", version or "-"), {"count": 0, "failed": 0, "steps": {}}
+            )
+            group["count"] += 1
+            group["failed"] += status != "completed"
+            for step in steps or []:
+                if step.get("duration_ms") is not None:
+                    group["steps"].setdefault(step["name"], []).append(step["duration_ms"])
+    out = []
+    for (name, version), group in sorted(groups.items()):
+        out.append(
+            {
+                "template_name": name,
+                "template_version": version,
+                "count": group["count"],
+                "failed": group["failed"],
+                "failure_rate": round(group["failed"] / group["count"], 4),
+                "steps": {
+                    step: {"p50_ms": _percentile(values, 0.5), "p95_ms": _percentile(values, 0.95)}
+                    for step, values in group["steps"].items()
+                },
+            }
+        )
+    return out
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return round(ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))], 3)
+
+
+def _plain(row: Mapping[Any, Any]) -> dict[str, Any]:
+    """Plain str keys (column names come back as str subclasses) and aware UTC times (SQLite
+    returns them naive), so both backends give the same values."""
+    return {str(k): _aware(v) if isinstance(v, datetime) else v for k, v in row.items()}

@@ -63,6 +63,8 @@ report_lineage = Table(
     Column("service_name", String(200)),
     Column("service_version", String(100)),
     Column("created_at", TS, nullable=False),
+    # Set by retention (otel-lineage prune) when the snapshot and span tree were dropped.
+    Column("pruned_at", TS),
     Index("ix_report_lineage_business_id", "business_id"),
     Index("ix_report_lineage_template", "template_name", "template_version"),
     Index("ix_report_lineage_inputs_sha256", "inputs_sha256"),

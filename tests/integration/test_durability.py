@@ -15,6 +15,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 import orjson
 import pytest
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session, sessionmaker
 from typer.testing import CliRunner
@@ -23,6 +25,7 @@ import otel_lineage
 from d6_reports.generator import GenerationOptions, ReportGenerator
 from d6_reports.models import Business, ReportGeneration
 from d6_reports.seed import seed_demo
+from otel_lineage import LineageSampler
 from otel_lineage.cli import app as lineage_cli
 from otel_lineage.outbox import OutboxHandOff, inspect_outboxes
 from otel_lineage.schema import report_lineage
@@ -362,20 +365,27 @@ def test_memory_is_flat_over_10000_reports(
     business_ids: list[int],
     tmp_path: Path,
 ) -> None:
-    with lineage_pipeline(db_url, engine, ratio=0.01) as (lineage, _):
-        generator = ReportGenerator(
-            sessions, tmp_path, tracer_provider=lineage.provider, converter=FastPDFConverter()
-        )
-        ids = business_ids * 2000
-        for business_id in ids[:1000]:
-            generator.generate_report_sync(business_id, SUMMARY)
-        assert lineage.flush(60)
-        before = _rss_kb()
-        for business_id in ids[1000:11_000]:
-            generator.generate_report_sync(business_id, SUMMARY)
-        assert lineage.flush(60)
-        after = _rss_kb()
+    # No in-memory exporter here: it would keep every sampled span and measure itself.
+    provider = TracerProvider(sampler=LineageSampler(ParentBased(TraceIdRatioBased(0.01))))
+    lineage = otel_lineage.configure(
+        tracer_provider=provider, database_url=db_url, engines=[engine], set_global=False
+    )
+    generator = ReportGenerator(
+        sessions, tmp_path, tracer_provider=provider, converter=FastPDFConverter()
+    )
+    ids = business_ids * 2000
+    for business_id in ids[:1000]:
+        generator.generate_report_sync(business_id, SUMMARY)
+    assert lineage.flush(60)
+    before = _rss_kb()
+    for business_id in ids[1000:11_000]:
+        generator.generate_report_sync(business_id, SUMMARY)
+    assert lineage.flush(60)
+    after = _rss_kb()
+    lineage.shutdown()
+    provider.shutdown()
     assert _count(engine) == 11_000
+    print(f"RSS {before} kB -> {after} kB over 10,000 reports")  # shown with pytest -s
     assert after - before < 10 * 1024, f"RSS grew {after - before} kB over 10,000 reports"
     with sessions() as session:
         assert session.scalar(select(func.count()).select_from(Business)) == 6
