@@ -295,6 +295,22 @@ def write_markdown(results: dict[str, Any], path: Path) -> None:
             f"Row visible in the database {gap['median_s']} s (median, max "
             f"{gap['max_s']} s) after generate_report returned.",
         ]
+    if "lookups" in results:
+        lookups = results["lookups"]
+        lines += [
+            "",
+            f"## Lookups over {lookups['rows']:,} lineage rows (PostgreSQL)",
+            "",
+            "| query | rows | median ms | plan |",
+            "|---|---|---|---|",
+        ]
+        for name, data in lookups["queries"].items():
+            scans = [
+                p.strip().split(" on ")[0].lstrip("-> ").strip()
+                for p in data["plan"]
+                if "Scan" in p
+            ]
+            lines.append(f"| {name} | {data['rows']} | {data['median_ms']} | {'; '.join(scans)} |")
     path.write_text("\n".join(lines) + "\n")
 
 
@@ -304,6 +320,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=60, help="interleaved rounds per set-up")
     parser.add_argument("--ratio", type=float, default=0.1, help="export sampling ratio")
     parser.add_argument("--throughput-reports", type=int, default=48, help="reports per run")
+    parser.add_argument("--skip-million", action="store_true", help="skip the 1M-row lookups")
     args = parser.parse_args(argv)
     RESULTS.mkdir(exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
@@ -338,6 +355,12 @@ def main(argv: Sequence[str] | None = None) -> None:
                 results["writer"] = durability.writer_throughput(scoped, 20_000, 500)
                 step("row visibility gap (PostgreSQL)")
                 results["gap"] = durability.row_visibility_gap(scoped, reports, 20)
+            if not args.skip_million:
+                from bench import queries
+
+                with durability.postgres_schema(pg) as scoped:
+                    step("lookups over 1,000,000 rows (PostgreSQL)")
+                    results["lookups"] = queries.run(scoped)
             results["outbox_put"] = durability.outbox_put_cost(Path(tmp), url, 2000)
     (RESULTS / "latest.json").write_text(json.dumps(results, indent=2) + "\n")
     write_markdown(results, RESULTS / "latest.md")

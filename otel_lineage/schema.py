@@ -65,8 +65,8 @@ report_lineage = Table(
     Column("created_at", TS, nullable=False),
     # Set by retention (otel-lineage prune) when the snapshot and span tree were dropped.
     Column("pruned_at", TS),
-    Index("ix_report_lineage_business_id", "business_id"),
-    Index("ix_report_lineage_template", "template_name", "template_version"),
+    Index("ix_report_lineage_business_started", "business_id", "started_at"),
+    Index("ix_report_lineage_template_started", "template_name", "template_version", "started_at"),
     Index("ix_report_lineage_inputs_sha256", "inputs_sha256"),
     Index("ix_report_lineage_output_sha256", "output_sha256"),
     Index("ix_report_lineage_started_at", "started_at"),

@@ -5,6 +5,7 @@ from sqlalchemy import create_engine, inspect
 from d6_reports import db
 
 SERVICE_TABLES = {"business", "website_assessment", "finding", "report_generation"}
+LINEAGE_TABLES = {"report_lineage", "lineage_counters"}
 
 
 def _tables(url: str) -> set[str]:
@@ -17,7 +18,9 @@ def _tables(url: str) -> set[str]:
 
 def test_upgrade_then_downgrade_on_each_backend(empty_db_url: str) -> None:
     db.upgrade(empty_db_url)
-    assert _tables(empty_db_url) >= SERVICE_TABLES
+    assert _tables(empty_db_url) == SERVICE_TABLES | LINEAGE_TABLES
+    db.downgrade(empty_db_url, "0001_report_service")  # the plugin's tables go alone
+    assert _tables(empty_db_url) == SERVICE_TABLES
     db.downgrade(empty_db_url, "base")
     assert _tables(empty_db_url) == set()
     db.upgrade(empty_db_url)  # and back up again: downgrade left nothing behind
@@ -25,14 +28,17 @@ def test_upgrade_then_downgrade_on_each_backend(empty_db_url: str) -> None:
 
 
 def test_schema_matches_the_models(db_url: str) -> None:
-    """The migration and the ORM models describe the same columns."""
+    """The migrations and the code's table definitions describe the same columns and indexes."""
     from d6_reports.models import Base
+    from otel_lineage.schema import metadata as lineage_metadata
 
     engine = create_engine(db_url)
     try:
         inspector = inspect(engine)
-        for table in Base.metadata.sorted_tables:
+        for table in [*Base.metadata.sorted_tables, *lineage_metadata.sorted_tables]:
             migrated = {c["name"] for c in inspector.get_columns(table.name)}
             assert migrated == {c.name for c in table.columns}, table.name
+            indexes = {i["name"] for i in inspector.get_indexes(table.name)}
+            assert {i.name for i in table.indexes} <= indexes, table.name
     finally:
         engine.dispose()
