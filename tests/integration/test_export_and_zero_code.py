@@ -221,3 +221,51 @@ def test_instrumentor_attaches_to_a_given_provider(
     assert LineageInstrumentor._lineage is None
     instrumentor.uninstrument()
     provider.shutdown()
+
+
+def test_zero_code_exports_sampled_traces_over_otlp_http(
+    db_url: str,
+    engine: Engine,
+    business_ids: list[int],
+    tmp_path: Path,
+    otlp_receiver: tuple[str, list[bytes]],
+) -> None:
+    """The docker-compose set-up without Docker: zero code, OTLP/HTTP to a collector."""
+    endpoint, bodies = otlp_receiver
+    env = _instrumented_env(
+        db_url,
+        tmp_path,
+        OTEL_TRACES_SAMPLER_ARG="1.0",
+        OTEL_TRACES_EXPORTER="otlp",
+        OTEL_EXPORTER_OTLP_PROTOCOL="http/protobuf",
+        OTEL_EXPORTER_OTLP_ENDPOINT=endpoint.removesuffix("/v1/traces"),
+    )
+    done = subprocess.run(
+        [
+            str(BIN / "opentelemetry-instrument"),
+            str(BIN / "d6-reports"),
+            "generate-all",
+            "--template",
+            "summary",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    report_traces = set()
+    for body in bodies:
+        request = ExportTraceServiceRequest()
+        request.ParseFromString(body)
+        report_traces |= {
+            span.trace_id.hex()
+            for rs in request.resource_spans
+            for ss in rs.scope_spans
+            for span in ss.spans
+            if span.name == "report.generate"
+        }
+    rows = lineage_rows(engine)
+    assert len(rows) == len(business_ids)
+    assert report_traces == {str(r["trace_id"]) for r in rows}
+    assert all(r["sampled"] for r in rows)
