@@ -36,7 +36,7 @@ from otel_lineage.configuration import create_lineage_engine
 from otel_lineage.outbox import OutboxHandOff
 from otel_lineage.record import LineageRecord
 from otel_lineage.schema import report_lineage
-from otel_lineage.store import LineageStore
+from otel_lineage.store import RECORD_FIELDS, LineageStore
 
 
 class _Accept(BaseHTTPRequestHandler):
@@ -154,8 +154,7 @@ def lineage_rows_one(url: str) -> LineageRecord:
     with engine.connect() as conn:
         row = conn.execute(select(report_lineage).limit(1)).mappings().one()
     engine.dispose()
-    values = {str(k): v for k, v in row.items() if k != "id"}
-    return LineageRecord(**values)
+    return LineageRecord(**{name: row[name] for name in RECORD_FIELDS})
 
 
 def writer_throughput(url: str, records: int, batch: int) -> dict[str, Any]:

@@ -126,6 +126,25 @@ def _instrumented_env(db_url: str, tmp_path: Path, **extra: str) -> dict[str, st
     return env
 
 
+def _generate_all_instrumented(env: dict[str, str], *args: str) -> None:
+    """``opentelemetry-instrument d6-reports generate-all --template summary ARGS`` must pass."""
+    done = subprocess.run(
+        [
+            str(BIN / "opentelemetry-instrument"),
+            str(BIN / "d6-reports"),
+            "generate-all",
+            "--template",
+            "summary",
+            *args,
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+
+
 @pytest.mark.parametrize("workers", ["1", "2"])
 def test_zero_code_generate_all_yields_lineage(
     db_url: str,
@@ -135,23 +154,7 @@ def test_zero_code_generate_all_yields_lineage(
     tmp_path: Path,
     workers: str,
 ) -> None:
-    command = [
-        str(BIN / "opentelemetry-instrument"),
-        str(BIN / "d6-reports"),
-        "generate-all",
-        "--template",
-        "summary",
-        "--workers",
-        workers,
-    ]
-    done = subprocess.run(
-        command,
-        env=_instrumented_env(db_url, tmp_path),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stderr
+    _generate_all_instrumented(_instrumented_env(db_url, tmp_path), "--workers", workers)
     rows = lineage_rows(engine)
     with sessions() as session:
         generations = {g.id: g for g in session.scalars(select(ReportGeneration))}
@@ -168,20 +171,7 @@ def test_zero_code_generate_all_yields_lineage(
 def test_zero_code_with_flag_off_writes_nothing(
     db_url: str, engine: Engine, business_ids: list[int], tmp_path: Path
 ) -> None:
-    done = subprocess.run(
-        [
-            str(BIN / "opentelemetry-instrument"),
-            str(BIN / "d6-reports"),
-            "generate-all",
-            "--template",
-            "summary",
-        ],
-        env=_instrumented_env(db_url, tmp_path, ENABLE_REPORT_LINEAGE="false"),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stderr
+    _generate_all_instrumented(_instrumented_env(db_url, tmp_path, ENABLE_REPORT_LINEAGE="false"))
     assert lineage_rows(engine) == []
 
 
@@ -240,20 +230,7 @@ def test_zero_code_exports_sampled_traces_over_otlp_http(
         OTEL_EXPORTER_OTLP_PROTOCOL="http/protobuf",
         OTEL_EXPORTER_OTLP_ENDPOINT=endpoint.removesuffix("/v1/traces"),
     )
-    done = subprocess.run(
-        [
-            str(BIN / "opentelemetry-instrument"),
-            str(BIN / "d6-reports"),
-            "generate-all",
-            "--template",
-            "summary",
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stderr
+    _generate_all_instrumented(env)
     report_traces = set()
     for body in bodies:
         request = ExportTraceServiceRequest()
