@@ -25,7 +25,7 @@ from typing import Any
 
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
-from sqlalchemy import create_engine, func, insert, select, text
+from sqlalchemy import Engine, create_engine, func, insert, select, text
 
 import otel_lineage
 from bench.common import TimedProcessor, summary
@@ -110,17 +110,9 @@ def design_comparison(url: str, reports: Path, n: int) -> dict[str, Any]:
     from openlineage.client import OpenLineageClient
     from openlineage.client.transport.http import HttpConfig, HttpTransport
 
-    engine = db.make_engine(url)
-    sessions = db.make_session_factory(engine)
-    with sessions() as session:
-        business = seed_demo(session)[0]
-    provider = TracerProvider(
-        sampler=otel_lineage.LineageSampler(ParentBased(TraceIdRatioBased(0.1)))
-    )
-    lineage = otel_lineage.configure(tracer_provider=provider, database_url=url, set_global=False)
-    assert lineage.processor is not None and lineage.store is not None
+    engine, business, lineage, generator = _report_pipeline(url, reports)
+    assert lineage.processor is not None
     lineage.processor.__class__ = TimedProcessor
-    generator = ReportGenerator(sessions, reports, tracer_provider=provider)
     naive = create_lineage_engine(url)
     out: dict[str, list[float]] = {"sync_insert": [], "openlineage_http": [], "ours": []}
     with local_endpoint() as endpoint:
@@ -141,11 +133,30 @@ def design_comparison(url: str, reports: Path, n: int) -> dict[str, Any]:
             _openlineage_events(client, record)
             out["openlineage_http"].append((time.perf_counter() - started) * 1000)
         client.close()
-    lineage.shutdown()
-    provider.shutdown()
+    _close(engine, lineage)
     naive.dispose()
-    engine.dispose()
     return {name: summary(values) for name, values in out.items()}
+
+
+def _report_pipeline(
+    url: str, reports: Path
+) -> tuple[Engine, int, otel_lineage.Lineage, ReportGenerator]:
+    """A seeded database, lineage at a 0.1 export ratio, and a generator traced by it."""
+    engine = db.make_engine(url)
+    sessions = db.make_session_factory(engine)
+    with sessions() as session:
+        business = seed_demo(session)[0]
+    provider = TracerProvider(
+        sampler=otel_lineage.LineageSampler(ParentBased(TraceIdRatioBased(0.1)))
+    )
+    lineage = otel_lineage.configure(tracer_provider=provider, database_url=url, set_global=False)
+    return engine, business, lineage, ReportGenerator(sessions, reports, tracer_provider=provider)
+
+
+def _close(engine: Engine, lineage: otel_lineage.Lineage) -> None:
+    lineage.shutdown()
+    lineage.provider.shutdown()
+    engine.dispose()
 
 
 def lineage_rows_one(url: str) -> LineageRecord:
@@ -201,15 +212,7 @@ def outbox_put_cost(tmp: Path, url: str, n: int) -> dict[str, float]:
 
 def row_visibility_gap(url: str, reports: Path, n: int) -> dict[str, float]:
     """Seconds from ``generate_report`` returning to its lineage row being readable."""
-    engine = db.make_engine(url)
-    sessions = db.make_session_factory(engine)
-    with sessions() as session:
-        business = seed_demo(session)[0]
-    provider = TracerProvider(
-        sampler=otel_lineage.LineageSampler(ParentBased(TraceIdRatioBased(0.1)))
-    )
-    lineage = otel_lineage.configure(tracer_provider=provider, database_url=url, set_global=False)
-    generator = ReportGenerator(sessions, reports, tracer_provider=provider)
+    engine, business, lineage, generator = _report_pipeline(url, reports)
     gaps = []
     for _ in range(n):
         result = generator.generate_report_sync(business, GenerationOptions("summary"))
@@ -223,7 +226,5 @@ def row_visibility_gap(url: str, reports: Path, n: int) -> dict[str, float]:
                     break
             time.sleep(0.005)
         gaps.append(time.perf_counter() - returned)
-    lineage.shutdown()
-    provider.shutdown()
-    engine.dispose()
+    _close(engine, lineage)
     return {"n": n, "median_s": round(statistics.median(gaps), 3), "max_s": round(max(gaps), 3)}
