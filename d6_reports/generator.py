@@ -5,24 +5,28 @@ OpenTelemetry API only. Every report is its own trace (a new root, linked to wha
 current when it was requested), so one trace is exactly one report: that is what lets lineage
 be keyed by trace id and a batch of a thousand reports stay a thousand small traces.
 
-Blocking work (SQL, Jinja, WeasyPrint, file I/O) runs in worker threads through
-``asyncio.to_thread``, which carries the OpenTelemetry context into the thread, so the event
-loop stays free and the step spans are children of the report span.
+Blocking work (SQL, Jinja, WeasyPrint, file I/O) runs on the generator's own thread pool with
+the caller's context copied in (as ``asyncio.to_thread`` does), so the event loop stays free,
+the step spans are children of the report span, and a synchronous caller does not create and
+tear down threads for every report (``asyncio.run`` would give each call a fresh executor).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
+import functools
 import hashlib
 import os
 import time
 import uuid
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
@@ -37,6 +41,7 @@ from d6_reports.pdf import PDFConverter, PDFOutput
 from d6_reports.templates import TemplateRegistry, TemplateVersion
 
 DEFAULT_TEMPLATE = "audit_report"
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +99,7 @@ class ReportGenerator:
         converter: PDFConverter | None = None,
         tracer_provider: trace.TracerProvider | None = None,
         max_snapshot_bytes: int = DEFAULT_MAX_SNAPSHOT_BYTES,
+        workers: int = 8,
     ) -> None:
         self._sessions = session_factory
         self.reports_dir = reports_dir
@@ -101,6 +107,16 @@ class ReportGenerator:
         self._converter = converter or PDFConverter()
         self._tracer = trace.get_tracer(t.INSTRUMENTATION_NAME, tracer_provider=tracer_provider)
         self._max_snapshot_bytes = max_snapshot_bytes
+        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="d6-report")
+
+    def close(self) -> None:
+        """Stop the worker threads (after the running generations finish)."""
+        self._executor.shutdown(wait=True)
+
+    async def _in_thread(self, fn: Callable[..., _T], *args: Any) -> _T:
+        """``fn(*args)`` on the pool, in a copy of the current (OpenTelemetry) context."""
+        call = functools.partial(contextvars.copy_context().run, fn, *args)
+        return await asyncio.get_running_loop().run_in_executor(self._executor, call)
 
     # -- public API -------------------------------------------------------------------------
 
@@ -130,7 +146,7 @@ class ReportGenerator:
             record_exception=False,
             set_status_on_exception=False,
         ) as root:
-            await asyncio.to_thread(self._insert_row, run)
+            await self._in_thread(self._insert_row, run)
             try:
                 await self._run_steps(run, root)
             except ReportError as exc:
@@ -176,10 +192,10 @@ class ReportGenerator:
         run.template = template
         root.set_attribute(t.TEMPLATE_VERSION, template.version)
         root.set_attribute(t.TEMPLATE_SHA256, template.sha256)
-        snapshot = await asyncio.to_thread(self._load_inputs, run)
-        html = await asyncio.to_thread(self._render_html, run, template, snapshot)
-        run.pdf = await asyncio.to_thread(self._convert_pdf, run, template, html)
-        await asyncio.to_thread(self._store, run, template, run.pdf)
+        snapshot = await self._in_thread(self._load_inputs, run)
+        html = await self._in_thread(self._render_html, run, template, snapshot)
+        run.pdf = await self._in_thread(self._convert_pdf, run, template, html)
+        await self._in_thread(self._store, run, template, run.pdf)
 
     def _load_inputs(self, run: _Run) -> InputSnapshot:
         with self._step(run, t.SPAN_LOAD_INPUTS) as span, self._sessions() as session:
@@ -288,7 +304,7 @@ class ReportGenerator:
                 row.error_type = _error_type(exc)
                 row.error_message = str(exc)
 
-        await asyncio.to_thread(update)
+        await self._in_thread(update)
 
     def _result(self, run: _Run, root: Span, error: ReportError | None = None) -> GenerationResult:
         span_context = root.get_span_context()

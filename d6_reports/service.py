@@ -32,4 +32,5 @@ class ReportService:
         return cls(settings=settings, engine=engine, sessions=sessions, generator=generator)
 
     def close(self) -> None:
+        self.generator.close()
         self.engine.dispose()

@@ -112,5 +112,7 @@ def tracer_provider(span_exporter: InMemorySpanExporter) -> Iterator[TracerProvi
 @pytest.fixture
 def generator(
     sessions: sessionmaker[Session], tmp_path: Path, tracer_provider: TracerProvider
-) -> ReportGenerator:
-    return ReportGenerator(sessions, tmp_path / "reports", tracer_provider=tracer_provider)
+) -> Iterator[ReportGenerator]:
+    generator = ReportGenerator(sessions, tmp_path / "reports", tracer_provider=tracer_provider)
+    yield generator
+    generator.close()
