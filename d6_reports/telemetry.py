@@ -9,8 +9,6 @@ from __future__ import annotations
 
 from typing import Final
 
-from opentelemetry import trace
-
 INSTRUMENTATION_NAME: Final = "d6_reports"
 
 SPAN_GENERATE: Final = "report.generate"
@@ -44,8 +42,3 @@ ERROR_TYPE: Final = "error.type"
 #: baggage), so the snapshot can reach an in-process span processor without ever being a span
 #: attribute that an exporter would ship. It is set on the context the render span starts in.
 INPUTS_SNAPSHOT_CONTEXT_KEY: Final = "report.inputs.snapshot"
-
-
-def tracer() -> trace.Tracer:
-    """The service's tracer, resolved at call time so a provider configured later is used."""
-    return trace.get_tracer(INSTRUMENTATION_NAME)
