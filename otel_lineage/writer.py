@@ -71,6 +71,9 @@ class BackgroundWriter:
 
     def start(self) -> None:
         if self._thread is None:
+            # Adopt what dead processes left before anything else, on the starting thread: it
+            # is local file work only, and a flush right after start must already count it.
+            self._recover()
             self._thread = threading.Thread(
                 target=self._run, name="otel-lineage-writer", daemon=True
             )

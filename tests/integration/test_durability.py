@@ -53,17 +53,7 @@ def _count(engine: Engine) -> int:
 def test_outbox_keeps_records_across_a_crash_and_the_next_process_adopts_them(
     outbox_dir: Path,
 ) -> None:
-    script = (
-        "import os, sys\n"
-        "from pathlib import Path\n"
-        "from otel_lineage.outbox import OutboxHandOff\n"
-        "from tests.integration.test_durability import _record\n"
-        "box = OutboxHandOff(Path(sys.argv[1]))\n"
-        "for _ in range(3): assert box.put(_record())\n"
-        "os.kill(os.getpid(), 9)\n"
-    )
-    done = subprocess.run([sys.executable, "-c", script, str(outbox_dir)], cwd=Path.cwd())
-    assert done.returncode == -signal.SIGKILL
+    _crash_with_records_in_outbox(outbox_dir, 3)
     (orphan,) = inspect_outboxes(outbox_dir)
     assert (orphan.records, orphan.owner_alive) == (3, False)
     live = OutboxHandOff(outbox_dir)
@@ -75,6 +65,30 @@ def test_outbox_keeps_records_across_a_crash_and_the_next_process_adopts_them(
     assert live.pending() == 0
     assert [f.owner_alive for f in inspect_outboxes(outbox_dir)] == [True]
     live.close()
+
+
+def _crash_with_records_in_outbox(outbox_dir: Path, count: int) -> None:
+    script = (
+        "import os, sys\n"
+        "from pathlib import Path\n"
+        "from otel_lineage.outbox import OutboxHandOff\n"
+        "from tests.integration.test_durability import _record\n"
+        "box = OutboxHandOff(Path(sys.argv[1]))\n"
+        f"for _ in range({count}): assert box.put(_record())\n"
+        "os.kill(os.getpid(), 9)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script, str(outbox_dir)], cwd=Path.cwd())
+    assert done.returncode == -signal.SIGKILL
+
+
+def test_a_starting_process_ships_what_a_dead_one_left(
+    db_url: str, engine: Engine, outbox_dir: Path
+) -> None:
+    _crash_with_records_in_outbox(outbox_dir, 3)
+    with lineage_pipeline(db_url, engine) as (lineage, _):  # same OTEL_LINEAGE_OUTBOX
+        assert lineage.flush(30)
+        assert _count(engine) == 3
+    assert list(outbox_dir.glob("*.db")) == []
 
 
 def test_outbox_take_ack_release_and_close(outbox_dir: Path) -> None:
