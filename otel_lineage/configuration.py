@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sqlite3
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -158,14 +159,24 @@ def attach(
 
 
 def make_handoff(settings: LineageSettings) -> HandOff:
-    """The durable outbox under ``settings.outbox``, or memory when it says ``memory``."""
+    """The durable outbox under ``settings.outbox``; memory when it says ``memory`` or when the
+    outbox cannot be opened."""
     if settings.outbox == MEMORY_OUTBOX:
         return MemoryHandOff(settings.max_pending)
-    return OutboxHandOff(
-        Path(settings.outbox),
-        max_records=settings.max_pending,
-        max_bytes=settings.outbox_max_bytes,
-    )
+    try:
+        return OutboxHandOff(
+            Path(settings.outbox),
+            max_records=settings.max_pending,
+            max_bytes=settings.outbox_max_bytes,
+        )
+    except (OSError, sqlite3.Error):
+        # Lineage must not stop the service from starting: keep records in memory (they
+        # survive database outages, not crashes) and say so loudly.
+        _log.exception(
+            "lineage outbox %s unusable; records are kept in memory only (not crash-safe)",
+            settings.outbox,
+        )
+        return MemoryHandOff(settings.max_pending)
 
 
 def create_lineage_engine(url: str) -> Engine:

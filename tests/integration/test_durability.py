@@ -375,3 +375,23 @@ def test_memory_is_flat_over_10000_reports(db_url: str, engine: Engine, tmp_path
     print(f"RSS {rss['before_kb']} kB -> {rss['after_kb']} kB over 10,000 reports")  # pytest -s
     assert rss["after_kb"] - rss["before_kb"] < 10 * 1024, rss
     assert _count(engine) == 11_000
+
+
+def test_an_unusable_outbox_directory_falls_back_to_memory(
+    db_url: str,
+    engine: Engine,
+    sessions: sessionmaker[Session],
+    business_ids: list[int],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("a file where the outbox directory should be")
+    monkeypatch.setenv("OTEL_LINEAGE_OUTBOX", str(blocker / "outbox"))
+    with lineage_pipeline(db_url, engine) as (lineage, _):
+        assert lineage.processor is not None
+        assert not isinstance(lineage.processor.handoff, OutboxHandOff)
+        generator = make_generator(sessions, lineage, tmp_path)
+        assert generator.generate_report_sync(business_ids[0], SUMMARY).success
+        assert lineage.flush(30)
+    assert _count(engine) == 1
