@@ -188,7 +188,10 @@ class ReportGenerator:
     # -- steps ------------------------------------------------------------------------------
 
     async def _run_steps(self, run: _Run, root: Span) -> None:
-        template = self.registry.resolve(run.options.template_name, run.options.template_version)
+        # First use of a version reads and hashes its files: not on the event loop.
+        template = await self._in_thread(
+            self.registry.resolve, run.options.template_name, run.options.template_version
+        )
         run.template = template
         root.set_attribute(t.TEMPLATE_VERSION, template.version)
         root.set_attribute(t.TEMPLATE_SHA256, template.sha256)

@@ -8,7 +8,6 @@ report database for the audit from ``D6_DATABASE_URL``.
 from __future__ import annotations
 
 import hashlib
-import os
 import sys
 import time
 from datetime import UTC, datetime
@@ -40,7 +39,7 @@ from otel_lineage.query import (
     step_stats,
 )
 from otel_lineage.retention import prune
-from otel_lineage.settings import DEFAULT_DATABASE_URL, MEMORY_OUTBOX, LineageSettings
+from otel_lineage.settings import MEMORY_OUTBOX, LineageSettings
 from otel_lineage.store import LineageStore
 from otel_lineage.verify import VerifyError, stored_snapshot, verify
 
@@ -57,7 +56,7 @@ def _lineage_engine() -> Engine:
 
 
 def _reports_engine() -> Engine:
-    return create_lineage_engine(os.environ.get("D6_DATABASE_URL") or DEFAULT_DATABASE_URL)
+    return create_lineage_engine(LineageSettings.from_env().reports_database_url)
 
 
 def _dump(value: Any) -> None:
@@ -135,13 +134,13 @@ def show(
     if (report_id is None) == (not latest):
         err.print("[red]give a report id or --latest (not both)[/]")
         raise typer.Exit(2)
-    engine = _lineage_engine()
-    try:
-        report_id = report_id or latest_report_id(engine)
-        row = get_row(engine, report_id)
-    except LineageNotFoundError as exc:
-        err.print(f"[red]{exc}[/]")
-        raise typer.Exit(1) from exc
+    if report_id is None:
+        try:
+            report_id = latest_report_id(_lineage_engine())
+        except LineageNotFoundError as exc:
+            err.print(f"[red]{exc}[/]")
+            raise typer.Exit(1) from exc
+    row = _row_or_exit(report_id)
     try:
         inputs = inputs_summary(row)
     except Exception as exc:  # a corrupt blob is reported, never fatal to showing the row
@@ -476,7 +475,7 @@ def openlineage_cmd(
     else:
         listed, _ = list_rows(engine, ListFilter(since=_parse_since(since)), limit=100_000)
         rows = [get_row(engine, str(r["report_generation_id"])) for r in reversed(listed)]
-    reports_url = os.environ.get("D6_DATABASE_URL") or DEFAULT_DATABASE_URL
+    reports_url = LineageSettings.from_env().reports_database_url
     events = [event for row in rows for event in run_events(row, reports_url)]
     if emit is None:
         for event in events:

@@ -145,13 +145,18 @@ class OutboxHandOff:
             self._in_flight -= len(items)
             if self._closed or not items:
                 return
-            keys = [(item.key,) for item in items]
-            sizes = self._conn.execute(
-                f"SELECT coalesce(sum(size), 0) FROM outbox WHERE seq IN "
-                f"({','.join('?' * len(keys))})",
-                [k for (k,) in keys],
-            ).fetchone()[0]
-            self._conn.executemany("DELETE FROM outbox WHERE seq = ?", keys)
+            keys = [item.key for item in items]
+            where = f"seq IN ({','.join('?' * len(keys))})"
+            self._conn.execute("BEGIN")
+            try:
+                sizes = self._conn.execute(
+                    f"SELECT coalesce(sum(size), 0) FROM outbox WHERE {where}", keys
+                ).fetchone()[0]
+                self._conn.execute(f"DELETE FROM outbox WHERE {where}", keys)
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            self._conn.execute("COMMIT")
             self._count -= len(items)
             self._bytes -= int(sizes)
 

@@ -109,15 +109,16 @@ class LineageSpanProcessor(SpanProcessor):
                 if buffer is None:
                     self.stats.add("late")
                     return
-                if len(buffer.spans) < self._max_spans:
-                    buffer.spans.append(span)
+                is_root = context.span_id == buffer.root.context.span_id
+                if is_root or len(buffer.spans) < self._max_spans:
+                    buffer.spans.append(span)  # the root is never dropped by the cap
                 else:
                     buffer.overflow += 1
-                if context.span_id != buffer.root.context.span_id:
+                if not is_root:
                     return
                 del self._buffers[trace_id]
                 self._remember(trace_id)
-            self._fold_and_hand_off(buffer, span)
+            self._fold_and_hand_off(buffer, span, buffer.spans)
         except Exception:
             self.stats.add("errors")
             _log.exception("lineage on_end failed")
@@ -130,7 +131,7 @@ class LineageSpanProcessor(SpanProcessor):
             stranded = list(self._buffers.values())
             self._buffers.clear()
         for buffer in stranded:  # roots that never ended: keep what we know, marked incomplete
-            self._fold_and_hand_off(buffer, buffer.root, evicted=True)
+            self._evict(buffer)
         if self.writer is not None:
             self.writer.stop()
 
@@ -157,18 +158,26 @@ class LineageSpanProcessor(SpanProcessor):
                     evict.append(self._buffers.pop(expired_id))
                     self._remember(expired_id)
         for buffer in evict:
-            self._fold_and_hand_off(buffer, buffer.root, evicted=True)
+            self._evict(buffer)
 
     def _remember(self, trace_id: int) -> None:
         self._recent[trace_id] = None
         if len(self._recent) > _RECENT_CAP:
             self._recent.popitem(last=False)
 
+    def _evict(self, buffer: _TraceBuffer) -> None:
+        """Fold a trace whose root has not ended, with the live root span as it stands."""
+        self._fold_and_hand_off(buffer, buffer.root, [*buffer.spans, buffer.root], evicted=True)
+
     def _fold_and_hand_off(
-        self, buffer: _TraceBuffer, root: ReadableSpan, *, evicted: bool = False
+        self,
+        buffer: _TraceBuffer,
+        root: ReadableSpan,
+        spans: list[ReadableSpan],
+        *,
+        evicted: bool = False,
     ) -> None:
         try:
-            spans = buffer.spans if root in buffer.spans else [*buffer.spans, root]
             record = fold(
                 spans,
                 root=root,

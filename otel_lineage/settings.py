@@ -28,6 +28,7 @@ def lineage_enabled(environ: Mapping[str, str] | None = None) -> bool:
 class LineageSettings:
     enabled: bool
     database_url: str
+    reports_database_url: str
     max_traces: int
     max_spans_per_trace: int
     trace_ttl_s: float
@@ -40,11 +41,11 @@ class LineageSettings:
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> LineageSettings:
         env = os.environ if environ is None else environ
+        reports_url = env.get("D6_DATABASE_URL") or DEFAULT_DATABASE_URL
         return cls(
             enabled=lineage_enabled(env),
-            database_url=env.get("OTEL_LINEAGE_DATABASE_URL")
-            or env.get("D6_DATABASE_URL")
-            or DEFAULT_DATABASE_URL,
+            database_url=env.get("OTEL_LINEAGE_DATABASE_URL") or reports_url,
+            reports_database_url=reports_url,
             max_traces=int(env.get("OTEL_LINEAGE_MAX_TRACES", "10000")),
             max_spans_per_trace=int(env.get("OTEL_LINEAGE_MAX_SPANS_PER_TRACE", "2000")),
             trace_ttl_s=float(env.get("OTEL_LINEAGE_TRACE_TTL", "600")),
