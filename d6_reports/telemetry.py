@@ -34,11 +34,28 @@ OUTPUT_BYTES: Final = "report.output.bytes"
 OUTPUT_PAGES: Final = "report.output.pages"
 OUTPUT_URI: Final = "report.output.uri"
 OUTPUT_REFUSED_URLS: Final = "report.output.refused_urls"
+OUTPUT_FONT_SUBSETTER: Final = "report.output.font_subsetter"
 STATUS: Final = "report.status"
 ERROR_TYPE: Final = "error.type"
+#: Carrier key of the full error message (may hold customer data: never an attribute).
+ERROR_MESSAGE: Final = "error.message"
+CALLER_TRACE_ID: Final = "report.caller.trace_id"
+CALLER_SPAN_ID: Final = "report.caller.span_id"
+REPORT_TRACE_ID: Final = "report.trace_id"
 
-#: Key of the OpenTelemetry *Context* value carrying the canonical input snapshot bytes.
-#: Context values stay inside the process (propagators only serialise trace context and
-#: baggage), so the snapshot can reach an in-process span processor without ever being a span
-#: attribute that an exporter would ship. It is set on the context the render span starts in.
-INPUTS_SNAPSHOT_CONTEXT_KEY: Final = "report.inputs.snapshot"
+#: Event added to the span that requested a report (when it is recording): names the report's
+#: generation id and trace id, so a trace viewer leads from a request to its report.
+EVENT_REPORT_REQUESTED: Final = "report.requested"
+#: Fixed, data-free description of an exception in span events (``exception.message``).
+EXCEPTION_EVENT: Final = "exception"
+
+#: Key of the OpenTelemetry *Context* value carrying the report's context: a plain mutable
+#: dict, keyed by the attribute names above (plus ``INPUTS_SNAPSHOT`` and ``ERROR_MESSAGE``),
+#: that the generator fills while the report runs. It is set on the context the root span
+#: starts in, so an in-process span processor receives it in ``on_start``. Context values stay
+#: inside the process (propagators only serialise trace context and baggage) and no span limit
+#: applies to them: the report's identity, digests, input snapshot and full error message reach
+#: a lineage processor whatever the attribute limits, and no exporter ever ships them.
+REPORT_CONTEXT_KEY: Final = "report.context"
+#: Carrier key of the canonical input snapshot bytes.
+INPUTS_SNAPSHOT: Final = "report.inputs.snapshot"

@@ -1,15 +1,21 @@
 """The fold: a pure function from one report's finished span tree to a ``LineageRecord``.
 
-It trusts nothing it can check. The input snapshot is compared with the sha256 and size the
-load step recorded; every digest attribute must still be a full sha256 (span limits truncate
-silently); any span that dropped attributes, events or links, any expected step span that is
-missing, and any span the buffer had to drop, mark the record *incomplete* with a reason instead
-of being stored as if whole.
+It trusts nothing it can check. When the producer handed over its report carrier (a dict in
+the root's start Context, see ``semconv.REPORT_CONTEXT_KEY``), the carrier is the authority for
+the report's identity, digests, snapshot and full error message, since no span limit can cut
+it; every span attribute that differs from it (truncated, dropped by a count limit) is named in
+``incomplete_reasons``. Without a carrier (another producer) the record is built from the
+attributes. Either way the input snapshot is compared with the recorded sha256 and size, every
+digest must be a full sha256, and any span that dropped attributes, events or links, any
+expected step span that is missing, any span the buffer had to drop, and any text that had to
+be cleaned to be stored, mark the record *incomplete* with a reason instead of being stored as
+if whole.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
@@ -20,36 +26,86 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import StatusCode
 
 from otel_lineage import semconv as sc
-from otel_lineage.record import CODEC, LineageRecord, compress
+from otel_lineage.record import (
+    CODEC,
+    LineageRecord,
+    clean_json,
+    clean_text,
+    compress,
+    needs_cleaning,
+)
+
+#: Why a trace was folded before its root ended (one of them is the record's reason).
+EVICTED_BY_TTL = "root_span_not_ended_before_ttl"
+EVICTED_BY_TRACE_CAP = "evicted_by_trace_cap"
+EVICTED_AT_SHUTDOWN = "root_span_not_ended_before_shutdown"
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_TRACE_ID = re.compile(r"^[0-9a-f]{32}$")
+
+#: Record fields stored in bounded columns that are never cut: a cut id or digest would point
+#: at the wrong report, so a value that does not fit is not stored, and named.
+_MAX_LENGTH = {
+    "report_generation_id": 36,
+    "template_sha256": 64,
+    "inputs_sha256": 64,
+    "html_sha256": 64,
+    "output_sha256": 64,
+}
+_MIN_INT, _MAX_INT = -(2**31), 2**31 - 1  # the integer columns (32 bits on PostgreSQL)
+#: Text fields that may come from the environment, the resource, span data or an exception.
+_TEXT_FIELDS = (
+    "report_generation_id",
+    "template_name",
+    "template_version",
+    "template_sha256",
+    "inputs_sha256",
+    "html_sha256",
+    "output_sha256",
+    "output_uri",
+    "error_type",
+    "error_message",
+    "service_name",
+    "service_version",
+)
 
 
 def fold(
     spans: Sequence[ReadableSpan],
     *,
     root: ReadableSpan,
-    snapshot: bytes | None,
+    carrier: Mapping[str, object] | None = None,
     dropped_spans: int = 0,
-    evicted: bool = False,
+    evicted: str | None = None,
+    exporting: bool = False,
     now: Callable[[], datetime] = lambda: datetime.now(UTC),
 ) -> LineageRecord:
-    """Fold ``spans`` (the report's trace, root included) into one record."""
+    """Fold ``spans`` (the report's trace, root included) into one record.
+
+    ``evicted`` is the reason the trace was folded before its root ended (``EVICTED_BY_*``);
+    ``exporting`` says whether the process has a span exporter (``exported`` = sampled and it).
+    """
     context = root.context
     assert context is not None, "a recorded span always has a context"
-    root_attrs: Mapping[str, Any] = root.attributes or {}
+    carried: dict[str, object] = dict(carrier) if carrier is not None else {}
+    attrs = _merged_attributes(root, spans)
     by_name = _first_by_name(spans)
-    merged = _merged_attributes(root, spans)
-    reasons: list[str] = []
+    reasons: list[str] = _compare(carried, attrs) if carrier is not None else []
 
-    status = _status(root, root_attrs)
-    error_type = root_attrs.get(sc.ERROR_TYPE)
-    error_message = root.status.description if root.status.status_code is StatusCode.ERROR else None
+    def value(key: str) -> object:
+        return carried[key] if carried.get(key) is not None else attrs.get(key)
 
-    inputs_sha256 = merged.get(sc.INPUTS_SHA256)
-    inputs_bytes = merged.get(sc.INPUTS_BYTES)
+    status = _status(root, value(sc.STATUS))
+    error_message = carried.get(sc.ERROR_MESSAGE)
+    if not isinstance(error_message, str):
+        failed = root.status.status_code is StatusCode.ERROR
+        error_message = root.status.description if failed else None
+
+    inputs_sha256 = value(sc.INPUTS_SHA256)
+    inputs_bytes = value(sc.INPUTS_BYTES)
+    snapshot = carried.get(sc.INPUTS_SNAPSHOT)
     stored_snapshot, codec = None, None
-    if snapshot is not None:
+    if isinstance(snapshot, bytes):
         actual = hashlib.sha256(snapshot).hexdigest()
         if inputs_sha256 is not None and actual != inputs_sha256:
             reasons.append("inputs_snapshot_sha256_mismatch")
@@ -60,8 +116,8 @@ def fold(
         reasons.append("inputs_snapshot_missing")
 
     for key in sc.DIGEST_ATTRIBUTES:
-        value = merged.get(key)
-        if value is not None and not (isinstance(value, str) and _SHA256.match(value)):
+        digest = value(key)
+        if digest is not None and not (isinstance(digest, str) and _SHA256.match(digest)):
             reasons.append(f"truncated_attribute:{key}")
     for span in spans:
         dropped = span.dropped_attributes + span.dropped_events + span.dropped_links
@@ -72,58 +128,149 @@ def fold(
     if dropped_spans:
         reasons.append(f"span_buffer_overflow:{dropped_spans}")
     if evicted:
-        reasons.append("root_span_not_ended_before_ttl")
+        reasons.append(evicted)
 
     resource = root.resource.attributes if root.resource else {}
     start_ns = root.start_time or 0
     end_ns = root.end_time
-    tables = merged.get(sc.INPUTS_TABLES)
+    tables = attrs.get(sc.INPUTS_TABLES)
+    tree, tree_cleaned = span_tree_json(spans, root)
+    if tree_cleaned:
+        reasons.append("invalid_text:span_tree")
+    fields: dict[str, Any] = {
+        "report_generation_id": _str(value(sc.GENERATION_ID)),
+        "template_name": _str(value(sc.TEMPLATE_NAME)),
+        "template_version": _str(value(sc.TEMPLATE_VERSION)),
+        "template_sha256": _str(value(sc.TEMPLATE_SHA256)),
+        "inputs_sha256": _str(inputs_sha256),
+        "html_sha256": _str(value(sc.HTML_SHA256)),
+        "output_sha256": _str(value(sc.OUTPUT_SHA256)),
+        "output_uri": _str(value(sc.OUTPUT_URI)),
+        "error_type": _str(value(sc.ERROR_TYPE)),
+        "error_message": error_message,
+        "service_name": _str(resource.get(sc.SERVICE_NAME)),
+        "service_version": _str(resource.get(sc.SERVICE_VERSION)),
+    }
+    numbers: dict[str, Any] = {
+        "business_id": _int(value(sc.BUSINESS_ID)),
+        "inputs_bytes": _int(inputs_bytes),
+        "output_bytes": _int(value(sc.OUTPUT_BYTES)),
+        "output_pages": _int(value(sc.OUTPUT_PAGES)),
+    }
+    _clean_fields(fields, reasons)
+    _fit_bounded(fields, numbers, reasons)
+    lists: dict[str, Any] = {
+        "steps": _steps(root, spans),
+        "input_tables": [str(t) for t in tables] if isinstance(tables, Sequence) else [],
+    }
+    for name, items in lists.items():
+        if _has_bad_text(items):
+            lists[name] = clean_json(items)
+            reasons.append(f"invalid_text:{name}")
+    reasons = [clean_text(r) for r in dict.fromkeys(reasons)]  # span names may need it too
+    sampled = context.trace_flags.sampled
     return LineageRecord(
         trace_id=f"{context.trace_id:032x}",
         root_span_id=f"{context.span_id:016x}",
-        report_generation_id=_str(root_attrs.get(sc.GENERATION_ID)),
-        business_id=_int(root_attrs.get(sc.BUSINESS_ID)),
-        template_name=_str(merged.get(sc.TEMPLATE_NAME)),
-        template_version=_str(merged.get(sc.TEMPLATE_VERSION)),
-        template_sha256=_str(merged.get(sc.TEMPLATE_SHA256)),
-        inputs_sha256=_str(inputs_sha256),
-        inputs_bytes=_int(inputs_bytes),
         inputs_snapshot=stored_snapshot,
         inputs_codec=codec,
-        html_sha256=_str(merged.get(sc.HTML_SHA256)),
-        output_sha256=_str(merged.get(sc.OUTPUT_SHA256)),
-        output_bytes=_int(merged.get(sc.OUTPUT_BYTES)),
-        output_pages=_int(merged.get(sc.OUTPUT_PAGES)),
-        output_uri=_str(merged.get(sc.OUTPUT_URI)),
         status=status,
-        error_type=_str(error_type),
-        error_message=error_message,
         started_at=_time(start_ns),
         ended_at=_time(end_ns) if end_ns else None,
         duration_ms=round((end_ns - start_ns) / 1e6, 3) if end_ns else None,
-        steps=_steps(root, spans),
-        input_tables=list(tables) if isinstance(tables, Sequence) else [],
         span_count=len(spans),
-        span_tree=compress(span_tree_json(spans, root)),
+        span_tree=compress(tree),
         span_tree_codec=CODEC,
-        sampled=context.trace_flags.sampled,
+        sampled=sampled,
         complete=not reasons,
         incomplete_reasons=reasons,
-        service_name=_str(resource.get(sc.SERVICE_NAME)),
-        service_version=_str(resource.get(sc.SERVICE_VERSION)),
         created_at=now(),
+        caller_trace_id=_caller_trace_id(carried, root),
+        exported=sampled and exporting,
+        **fields,
+        **numbers,
+        **lists,
     )
 
 
-def span_tree_json(spans: Sequence[ReadableSpan], root: ReadableSpan) -> bytes:
-    """The whole trace as JSON: the offline copy kept with the row (no payloads in it)."""
+def span_tree_json(spans: Sequence[ReadableSpan], root: ReadableSpan) -> tuple[bytes, bool]:
+    """The whole trace as JSON (the offline copy kept with the row; no payloads in it).
+
+    Returns the JSON and whether text had to be cleaned to encode it: a span name, attribute
+    or resource value with lone surrogates (invalid bytes from the environment) is stored with
+    U+FFFD in their place rather than losing the record.
+    """
     resource = root.resource
     document = {
         "resource": dict(resource.attributes) if resource else {},
         "trace_state": root.context.trace_state.to_header() if root.context else "",
         "spans": [_span_dict(span) for span in sorted(spans, key=lambda s: s.start_time or 0)],
     }
-    return orjson.dumps(document, default=_jsonable)
+    try:
+        return orjson.dumps(document, default=_jsonable), False
+    except orjson.JSONEncodeError:
+        # Lone surrogates, or an integer beyond 64 bits (the SDK accepts any int): the stdlib
+        # encoder takes any int, and the cleaned text is valid UTF-8.
+        cleaned = _has_bad_text(document)
+        text = json.dumps(clean_json(document), ensure_ascii=False, separators=(",", ":"))
+        return text.encode(), cleaned
+
+
+def _compare(carried: Mapping[str, object], attrs: Mapping[str, Any]) -> list[str]:
+    """Name every carried value whose span attribute is missing, cut or different."""
+    reasons = []
+    for key in sc.CARRIED_ATTRIBUTES:
+        expected = carried.get(key)
+        if expected is None:
+            continue
+        actual = attrs.get(key)
+        if actual is None:
+            reasons.append(f"missing_attribute:{key}")
+        elif actual != expected:
+            cut = isinstance(actual, str) and str(expected).startswith(actual)
+            reasons.append(f"{'truncated' if cut else 'mismatched'}_attribute:{key}")
+    return reasons
+
+
+def _clean_fields(fields: dict[str, Any], reasons: list[str]) -> None:
+    for name in _TEXT_FIELDS:
+        text = fields[name]
+        if text is not None and needs_cleaning(text):
+            fields[name] = clean_text(text)
+            reasons.append(f"invalid_text:{name}")
+
+
+def _fit_bounded(fields: dict[str, Any], numbers: dict[str, Any], reasons: list[str]) -> None:
+    for name, limit in _MAX_LENGTH.items():
+        text = fields[name]
+        if text is not None and len(text) > limit:
+            fields[name] = None
+            reasons.append(f"oversized_value:{name}")
+    for name, number in numbers.items():
+        if number is not None and not _MIN_INT <= number <= _MAX_INT:
+            numbers[name] = None
+            reasons.append(f"oversized_value:{name}")
+
+
+def _has_bad_text(value: object) -> bool:
+    if isinstance(value, str):
+        return needs_cleaning(value)
+    if isinstance(value, dict):
+        return any(_has_bad_text(k) or _has_bad_text(v) for k, v in value.items())
+    if isinstance(value, list | tuple):
+        return any(_has_bad_text(v) for v in value)
+    return False
+
+
+def _caller_trace_id(carried: Mapping[str, object], root: ReadableSpan) -> str | None:
+    """The requesting trace: the carrier's word, else the root's first valid link."""
+    caller = carried.get(sc.CALLER_TRACE_ID)
+    if isinstance(caller, str) and _TRACE_ID.match(caller):
+        return caller
+    for link in root.links:
+        if link.context.is_valid:
+            return f"{link.context.trace_id:032x}"
+    return None
 
 
 def _span_dict(span: ReadableSpan) -> dict[str, Any]:
@@ -168,7 +315,10 @@ def _first_by_name(spans: Sequence[ReadableSpan]) -> dict[str, ReadableSpan]:
 
 
 def _merged_attributes(root: ReadableSpan, spans: Sequence[ReadableSpan]) -> dict[str, Any]:
-    """report.* attributes from the report's own spans; the root's own values win."""
+    """report.* attributes from the report's own spans; the root's own values win.
+
+    ``error.type`` is the root's own (a step's error type is in its step entry).
+    """
     merged: dict[str, Any] = {}
     for span in spans:
         if not span.name.startswith("report."):
@@ -176,12 +326,14 @@ def _merged_attributes(root: ReadableSpan, spans: Sequence[ReadableSpan]) -> dic
         for key, value in (span.attributes or {}).items():
             if key.startswith("report."):
                 merged.setdefault(key, value)
-    merged.update({k: v for k, v in (root.attributes or {}).items() if k.startswith("report.")})
+    root_attrs: Mapping[str, Any] = root.attributes or {}
+    merged.update({k: v for k, v in root_attrs.items() if k.startswith("report.")})
+    merged[sc.ERROR_TYPE] = root_attrs.get(sc.ERROR_TYPE)
     return merged
 
 
-def _status(root: ReadableSpan, attrs: Mapping[str, Any]) -> str:
-    if root.status.status_code is StatusCode.ERROR or attrs.get(sc.STATUS) == "failed":
+def _status(root: ReadableSpan, status: object) -> str:
+    if root.status.status_code is StatusCode.ERROR or status == "failed":
         return "failed"
     if root.end_time is None:
         return "unfinished"

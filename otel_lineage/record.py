@@ -8,6 +8,7 @@ serialise to and from compact bytes.
 from __future__ import annotations
 
 import dataclasses
+import re
 import struct
 import threading
 from dataclasses import dataclass
@@ -23,6 +24,31 @@ _LEVEL = 3
 
 
 _local = threading.local()
+
+#: What a database or a JSON encoder refuses in text: NUL (PostgreSQL text) and lone
+#: surrogates (``os.environ`` decodes invalid bytes to them; UTF-8 encoders refuse them).
+_BAD_TEXT = re.compile(r"[\x00\ud800-\udfff]")
+REPLACEMENT = "\ufffd"
+
+
+def clean_text(value: str) -> str:
+    """``value`` with NUL dropped and lone surrogates replaced by U+FFFD (as a decoder would)."""
+    return _BAD_TEXT.sub(lambda m: "" if m.group() == "\x00" else REPLACEMENT, value)
+
+
+def needs_cleaning(value: str) -> bool:
+    return _BAD_TEXT.search(value) is not None
+
+
+def clean_json(value: object) -> object:
+    """A JSON-shaped value with every string (keys too) passed through ``clean_text``."""
+    if isinstance(value, str):
+        return clean_text(value)
+    if isinstance(value, dict):
+        return {clean_json(k): clean_json(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [clean_json(v) for v in value]
+    return value
 
 
 def compress(data: bytes) -> bytes:
@@ -74,6 +100,11 @@ class LineageRecord:
     service_name: str | None
     service_version: str | None
     created_at: datetime
+    #: Trace id of the span that requested the report (the root's link), when there was one.
+    caller_trace_id: str | None = None
+    #: The trace was sampled and this process had a span exporter: it can be in a backend.
+    #: None for records folded before the field existed (outboxes of older versions).
+    exported: bool | None = None
 
     def as_row(self) -> dict[str, Any]:
         """Column values for an insert (every field is a column)."""

@@ -4,8 +4,11 @@ Why a sampler at all: a ``DROP`` decision makes a span invisible to every proces
 stock ``ParentBased`` sampler drops the children of a recording-but-unsampled root (SQLAlchemy
 spans included). So a report trace is recognised where it starts (its root span's name, given
 at span start) and marked in the W3C trace state; every span whose parent carries the mark is
-recorded too. Whether the trace is *sampled* (exported to Jaeger) is exactly what the delegate
-decided for it, so export stays consistent per trace and follows the configured ratio.
+recorded too. Whether the trace is *sampled* (exported to Jaeger) is what the delegate decided
+for it, so export stays consistent per trace and follows the configured ratio, with one
+exception: a report root linked to a *sampled* span (the request that asked for the report) is
+sampled too, whatever the ratio, so a user who follows an exported request always finds its
+report trace. Marked spans under a sampled parent are sampled, so that trace is exported whole.
 
 Every other span gets the delegate's decision untouched. With the flag off the factories return
 the delegate itself, not a wrapper.
@@ -67,11 +70,18 @@ class LineageSampler(Sampler):
             marked = parent_state is not None and (
                 parent_state.get(semconv.TRACE_STATE_KEY) == semconv.TRACE_STATE_VALUE
             )
-            if not marked and name != self._root_name:
+            is_root = not marked and name == self._root_name
+            if not marked and not is_root:
                 return result
             state = result.trace_state or parent_state or TraceState()
             if state.get(semconv.TRACE_STATE_KEY) != semconv.TRACE_STATE_VALUE:
                 state = _with_mark(state)
+            followed = parent.is_valid and parent.trace_flags.sampled
+            if is_root:
+                followed = followed or _links_a_sampled_span(links)
+            if followed and result.decision is not Decision.RECORD_AND_SAMPLE:
+                # The requester (link) or the parent is exported: so is this report trace.
+                return SamplingResult(Decision.RECORD_AND_SAMPLE, attributes, state)
             if result.decision is Decision.DROP:
                 # A DROP result carries no attributes: the span's start attributes must be
                 # passed on, or the recorded span would start without them.
@@ -83,6 +93,10 @@ class LineageSampler(Sampler):
 
     def get_description(self) -> str:
         return f"LineageSampler{{{self.delegate.get_description()}}}"
+
+
+def _links_a_sampled_span(links: Sequence[Link] | None) -> bool:
+    return any(link.context.is_valid and link.context.trace_flags.sampled for link in links or ())
 
 
 def _with_mark(state: TraceState) -> TraceState:

@@ -29,15 +29,44 @@ OUTPUT_SHA256: Final = "report.output.sha256"
 OUTPUT_BYTES: Final = "report.output.bytes"
 OUTPUT_PAGES: Final = "report.output.pages"
 OUTPUT_URI: Final = "report.output.uri"
+#: Which font subsetter made the PDF ("harfbuzz" or "fonttools"): their bytes differ.
+OUTPUT_FONT_SUBSETTER: Final = "report.output.font_subsetter"
 STATUS: Final = "report.status"
 ERROR_TYPE: Final = "error.type"
+#: Carrier-only keys: never span attributes (the snapshot is a payload, the full error message
+#: may contain customer data, the caller ids are also on the root's link).
+INPUTS_SNAPSHOT: Final = "report.inputs.snapshot"
+ERROR_MESSAGE: Final = "error.message"
+CALLER_TRACE_ID: Final = "report.caller.trace_id"
+CALLER_SPAN_ID: Final = "report.caller.span_id"
 
 #: Attributes that must be a full sha256: a shorter value means a span limit truncated it.
 DIGEST_ATTRIBUTES: Final = (TEMPLATE_SHA256, INPUTS_SHA256, HTML_SHA256, OUTPUT_SHA256)
 
-#: OpenTelemetry Context key under which the producer hands the canonical input snapshot to
-#: in-process processors (never an attribute, so never exported).
-INPUTS_SNAPSHOT_CONTEXT_KEY: Final = "report.inputs.snapshot"
+#: OpenTelemetry Context key of the report carrier: a plain dict, keyed by the attribute names
+#: above (plus the carrier-only keys), that the producer sets on the context the root span
+#: starts in and keeps filling while the report runs. Context values are never serialised by
+#: propagators or seen by exporters, and no span limit applies to them: the carrier is the
+#: fold's authority for a report's identity, digests, snapshot and full error message.
+REPORT_CONTEXT_KEY: Final = "report.context"
+
+#: Carrier keys whose value the fold compares with the span attributes of the same name.
+CARRIED_ATTRIBUTES: Final = (
+    GENERATION_ID,
+    BUSINESS_ID,
+    TEMPLATE_NAME,
+    TEMPLATE_VERSION,
+    TEMPLATE_SHA256,
+    INPUTS_SHA256,
+    INPUTS_BYTES,
+    HTML_SHA256,
+    OUTPUT_SHA256,
+    OUTPUT_BYTES,
+    OUTPUT_PAGES,
+    OUTPUT_URI,
+    STATUS,
+    ERROR_TYPE,
+)
 
 #: W3C trace-state entry the sampler adds to report traces so that every descendant span, in
 #: this process or downstream, is recorded whatever the export decision.

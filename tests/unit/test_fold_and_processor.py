@@ -7,15 +7,19 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import pytest
 from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.context import Context
 from opentelemetry.sdk.trace import SpanLimits, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.trace import Status, StatusCode
+from opentelemetry.trace import Span, Status, StatusCode
 
 from otel_lineage import LineageRecord, LineageSampler, LineageSpanProcessor, fold, semconv
+from otel_lineage.fold import EVICTED_AT_SHUTDOWN, EVICTED_BY_TRACE_CAP, EVICTED_BY_TTL
 from otel_lineage.handoff import MemoryHandOff
 from otel_lineage.record import decompress
 from otel_lineage.sampler import sampler_from_name
@@ -38,6 +42,10 @@ def _tracer(
     return provider, exporter
 
 
+#: The carrier of every report ``_report`` made, by trace id (``_fold`` looks it up).
+_CARRIERS: dict[int, dict[str, object]] = {}
+
+
 def _report(
     provider: TracerProvider,
     *,
@@ -46,37 +54,65 @@ def _report(
     fail: bool = False,
     steps: tuple[str, ...] = semconv.STEP_SPANS,
     generation_id: str | None = None,
-) -> None:
+    carrier: dict[str, object] | None = None,
+    library_spans: int = 0,
+) -> dict[str, object]:
+    """A report trace shaped as the generator makes it: every fact in the carrier and on a span.
+
+    ``library_spans`` SQL-like spans are started under each step.
+    """
     tracer = provider.get_tracer("d6_reports")
-    attrs = {
+    carried: dict[str, object] = {} if carrier is None else carrier
+    attrs: dict[str, str | int] = {
         semconv.GENERATION_ID: generation_id or str(uuid.uuid4()),
         semconv.BUSINESS_ID: 7,
         semconv.TEMPLATE_NAME: "t",
     }
-    with tracer.start_as_current_span(semconv.SPAN_GENERATE, attributes=attrs) as root:
-        root.set_attribute(semconv.TEMPLATE_VERSION, "1.0.0")
-        root.set_attribute(semconv.TEMPLATE_SHA256, SHA)
+    carried.update(attrs)
+    context = otel_context.set_value(semconv.REPORT_CONTEXT_KEY, carried, Context())
+
+    def record(span: Span, facts: dict[str, Any]) -> None:
+        carried.update(facts)
+        span.set_attributes(facts)
+
+    with tracer.start_as_current_span(
+        semconv.SPAN_GENERATE, context=context, attributes=attrs
+    ) as root:
+        _CARRIERS[root.get_span_context().trace_id] = carried
+        record(root, {semconv.TEMPLATE_VERSION: "1.0.0", semconv.TEMPLATE_SHA256: SHA})
         for name in steps:
-            ctx = None
-            if name == semconv.SPAN_RENDER_HTML and snapshot is not None:
-                ctx = otel_context.set_value(semconv.INPUTS_SNAPSHOT_CONTEXT_KEY, snapshot)
-            with tracer.start_as_current_span(name, context=ctx) as span:
+            with tracer.start_as_current_span(name) as span:
+                for _ in range(library_spans):
+                    with tracer.start_as_current_span("SELECT"):
+                        pass
                 if name == semconv.SPAN_LOAD_INPUTS:
-                    span.set_attribute(semconv.INPUTS_SHA256, digest)
-                    span.set_attribute(semconv.INPUTS_BYTES, len(SNAPSHOT))
+                    if snapshot is not None:
+                        carried[semconv.INPUTS_SNAPSHOT] = snapshot
+                    record(
+                        span, {semconv.INPUTS_SHA256: digest, semconv.INPUTS_BYTES: len(SNAPSHOT)}
+                    )
                     span.set_attribute(semconv.INPUTS_TABLES, ["business", "finding"])
                 if name == semconv.SPAN_CONVERT_PDF:
-                    span.set_attribute(semconv.OUTPUT_SHA256, SHA)
-                    span.set_attribute(semconv.OUTPUT_PAGES, 3)
+                    record(span, {semconv.OUTPUT_SHA256: SHA, semconv.OUTPUT_PAGES: 3})
         if fail:
-            root.set_status(Status(StatusCode.ERROR, "it broke"))
-            root.set_attribute(semconv.ERROR_TYPE, "BusinessNotFound")
+            carried[semconv.ERROR_MESSAGE] = "it broke for Acme"
+            root.set_status(Status(StatusCode.ERROR, "BusinessNotFound: no such business"))
+            record(root, {semconv.ERROR_TYPE: "BusinessNotFound", semconv.STATUS: "failed"})
+        else:
+            record(root, {semconv.STATUS: "completed"})
+    return carried
 
 
 def _fold(exporter: InMemorySpanExporter, snapshot: bytes | None = SNAPSHOT) -> LineageRecord:
+    """Fold the one report in ``exporter``, its carrier holding ``snapshot``."""
     spans = exporter.get_finished_spans()
     (root,) = [s for s in spans if s.name == semconv.SPAN_GENERATE]
-    return fold(spans, root=root, snapshot=snapshot)
+    assert root.context is not None
+    carrier = dict(_CARRIERS[root.context.trace_id])
+    carrier.pop(semconv.INPUTS_SNAPSHOT, None)
+    if snapshot is not None:
+        carrier[semconv.INPUTS_SNAPSHOT] = snapshot
+    return fold(spans, root=root, carrier=carrier)
 
 
 def test_fold_complete_record() -> None:
@@ -105,7 +141,7 @@ def test_fold_failed_root() -> None:
     assert (record.status, record.error_type, record.error_message) == (
         "failed",
         "BusinessNotFound",
-        "it broke",
+        "it broke for Acme",  # the carrier's full message: only ever in the lineage database
     )
 
 
@@ -134,6 +170,7 @@ def test_truncation_by_span_limits_is_detected() -> None:
     record = _fold(exporter)
     assert f"truncated_attribute:{semconv.INPUTS_SHA256}" in record.incomplete_reasons
     assert not record.complete
+    assert record.inputs_sha256 == DIGEST  # the carrier's value, not the cut attribute
 
 
 def test_dropped_attributes_are_detected() -> None:
@@ -177,8 +214,6 @@ def test_late_spans_are_counted_and_dropped() -> None:
         tracer = provider.get_tracer("x")
         root = tracer.start_span(semconv.SPAN_GENERATE)
         ctx = otel_context.set_value("k", 1)
-        from opentelemetry import trace
-
         child = tracer.start_span("slow.child", context=trace.set_span_in_context(root, ctx))
         root.end()
         child.end()  # ends after its report was folded
@@ -187,23 +222,57 @@ def test_late_spans_are_counted_and_dropped() -> None:
         assert processor.stats.snapshot().late == 1
 
 
+def _wait_for(condition: Any, timeout_s: float = 10.0) -> None:
+    """Poll until ``condition()``: the sweeper runs on its own thread."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.005)
+
+
 def test_never_ending_roots_are_evicted_after_ttl_and_recorded_incomplete() -> None:
-    with _processor(trace_ttl_s=0.05) as (processor, handoff):
+    with _processor(trace_ttl_s=0.05, sweep_interval_s=0.01) as (processor, handoff):
         provider, _ = _tracer(processor)
         tracer = provider.get_tracer("x")
         stuck = tracer.start_span(semconv.SPAN_GENERATE, attributes={semconv.GENERATION_ID: "s"})
-        time.sleep(0.1)
-        for _ in range(3):
-            _report(provider)
-        records = {r.report_generation_id: r for r in _taken(handoff)}
-        assert "s" in records
-        assert records["s"].status == "unfinished"
-        assert "root_span_not_ended_before_ttl" in records["s"].incomplete_reasons
+        # No other report starts: the sweep does not wait for one.
+        _wait_for(lambda: handoff.pending() == 1)
+        (record,) = _taken(handoff)
+        assert record.report_generation_id == "s"
+        assert record.status == "unfinished"
+        assert record.incomplete_reasons == [EVICTED_BY_TTL]
         counts = processor.stats.snapshot()
         assert counts.evicted == 1 and counts.incomplete == 1
         stuck.end()
         assert processor.stats.snapshot().late == 1
         assert len(processor._buffers) == 0
+
+
+def test_sweeper_stops_at_shutdown_and_restarts_in_a_forked_child() -> None:
+    import os
+    import threading
+
+    def sweepers() -> int:
+        return sum(t.name == "otel-lineage-sweep" for t in threading.enumerate())
+
+    before = sweepers()
+    processor = LineageSpanProcessor(MemoryHandOff(), trace_ttl_s=0.05, sweep_interval_s=0.01)
+    assert sweepers() == before + 1
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its own sweeper thread evicts its own stuck root
+        try:
+            provider, _ = _tracer(processor)
+            provider.get_tracer("x").start_span(semconv.SPAN_GENERATE)
+            _wait_for(lambda: processor.handoff.pending() == 1)
+            os.write(write, b"ok")
+        finally:
+            os._exit(0)
+    os.close(write)
+    assert os.read(read, 2) == b"ok"
+    os.waitpid(pid, 0)
+    processor.shutdown()
+    _wait_for(lambda: sweepers() == before)
 
 
 def test_open_traces_are_capped() -> None:
@@ -216,7 +285,12 @@ def test_open_traces_are_capped() -> None:
         for root in roots:
             root.end()
         assert processor.stats.snapshot().late == 7
-        assert len(_taken(handoff)) == 10  # 7 evicted (incomplete) + 3 folded normally
+        records = _taken(handoff)
+        assert len(records) == 10  # 7 evicted (incomplete) + 3 folded normally
+        evicted = [r for r in records if r.status == "unfinished"]
+        assert len(evicted) == 7
+        # Over the cap is not "too old": the reason says which it was.
+        assert all(r.incomplete_reasons == [EVICTED_BY_TRACE_CAP] for r in evicted)
 
 
 def test_spans_per_trace_are_capped() -> None:
@@ -228,6 +302,21 @@ def test_spans_per_trace_are_capped() -> None:
         # 5 spans, cap 3, root exempt: exactly one step span was dropped, and it shows.
         assert "span_buffer_overflow:1" in record.incomplete_reasons
         assert "missing_span:report.store" in record.incomplete_reasons
+        assert processor.stats.snapshot().evicted == 1  # counted, as docs/operations.md says
+
+
+def test_span_cap_drops_library_spans_before_step_spans() -> None:
+    with _processor(max_spans_per_trace=6) as (processor, handoff):
+        provider, _ = _tracer(processor)
+        _report(provider, library_spans=3)  # 4 steps + 12 SQL spans, cap 6
+        (record,) = _taken(handoff)
+        names = [s["name"] for s in record.steps]
+        assert names == list(semconv.STEP_SPANS)  # every step span kept, with its digests
+        assert record.output_sha256 == SHA and record.output_pages == 3
+        assert record.span_count == 7  # 6 buffered + the root
+        assert "span_buffer_overflow:10" in record.incomplete_reasons
+        assert not any(r.startswith("missing_span") for r in record.incomplete_reasons)
+        assert processor.stats.snapshot().evicted == 1
 
 
 def test_full_handoff_counts_dropped_records() -> None:
@@ -254,6 +343,9 @@ def test_shutdown_is_idempotent_and_folds_stranded_roots() -> None:
     processor.shutdown()
     processor.shutdown()
     assert handoff.pending() == 1
+    batch = handoff.take(1, 0)
+    assert batch[0].record.incomplete_reasons == [EVICTED_AT_SHUTDOWN]
+    handoff.release(batch)
     assert processor.force_flush(10)  # no writer: nothing to wait for
     _report(provider)  # after shutdown: ignored
     assert handoff.pending() == 1

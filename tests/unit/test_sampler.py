@@ -12,6 +12,7 @@ from opentelemetry.sdk.trace.sampling import (
     SamplingResult,
     TraceIdRatioBased,
 )
+from opentelemetry.trace import Link, SpanContext, TraceFlags
 
 from otel_lineage import LineageSampler, semconv
 from otel_lineage import sampler as sampler_module
@@ -155,3 +156,45 @@ def test_producer_and_plugin_agree_on_conventions() -> None:
     assert len(shared) >= 20
     for name in shared:
         assert getattr(semconv, name) == getattr(telemetry, name), name
+
+
+def _requesting_span(sampled: bool) -> SpanContext:
+    flags = TraceFlags(TraceFlags.SAMPLED if sampled else TraceFlags.DEFAULT)
+    return SpanContext(0xABC, 0xDEF, is_remote=False, trace_flags=flags)
+
+
+@pytest.mark.parametrize(
+    "delegate", [ParentBased(TraceIdRatioBased(0.0)), TraceIdRatioBased(0.0), ALWAYS_OFF]
+)
+def test_a_report_requested_by_a_sampled_span_is_exported_whole(delegate: Sampler) -> None:
+    provider, exporter = _provider(LineageSampler(delegate))
+    tracer = provider.get_tracer("t")
+    with tracer.start_as_current_span(
+        semconv.SPAN_GENERATE, links=[Link(_requesting_span(sampled=True))], attributes={"a": 1}
+    ) as root:
+        assert root.get_span_context().trace_flags.sampled
+        assert root.get_span_context().trace_state.get(semconv.TRACE_STATE_KEY) == "1"
+        with tracer.start_as_current_span("SELECT"), tracer.start_as_current_span("nested"):
+            pass
+    spans = exporter.get_finished_spans()
+    assert sorted(s.name for s in spans) == ["SELECT", "nested", semconv.SPAN_GENERATE]
+    (exported_root,) = [s for s in spans if s.name == semconv.SPAN_GENERATE]
+    assert exported_root.attributes == {"a": 1}
+
+
+def test_a_link_to_an_unsampled_span_leaves_the_decision_to_the_delegate() -> None:
+    provider, exporter = _provider(LineageSampler(ParentBased(TraceIdRatioBased(0.0))))
+    tracer = provider.get_tracer("t")
+    invalid = SpanContext(0, 0, is_remote=False)
+    links = [Link(_requesting_span(sampled=False)), Link(invalid)]
+    with tracer.start_as_current_span(semconv.SPAN_GENERATE, links=links) as root:
+        assert root.is_recording() and not root.get_span_context().trace_flags.sampled
+    assert exporter.get_finished_spans() == ()
+
+
+def test_only_report_roots_follow_their_links() -> None:
+    delegate = TraceIdRatioBased(0.0)
+    result = LineageSampler(delegate).should_sample(
+        None, 5, "GET /", links=[Link(_requesting_span(sampled=True))]
+    )
+    assert result.decision is Decision.DROP
