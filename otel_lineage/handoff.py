@@ -1,9 +1,10 @@
 """The hand-off between the span processor (hot path) and the background writer.
 
-This is the seam where durability lives. The processor only ever calls ``put``; the writer
-``take``s batches, writes them and ``ack``s, or ``release``s them for a retry. The in-memory
-implementation here is bounded and counts what it must drop; a durable implementation (a local
-outbox that survives crashes) plugs into the same protocol.
+This is the seam where durability lives. The processor calls ``begin`` when a report trace
+starts (so a durable hand-off can tell a report its process never finished) and ``put`` when it
+ends; the writer ``take``s batches, writes them and ``ack``s, or ``release``s them for a retry.
+The in-memory implementation here is bounded and counts what it must drop; a durable
+implementation (a local outbox that survives crashes) plugs into the same protocol.
 """
 
 from __future__ import annotations
@@ -25,6 +26,12 @@ class Pending:
 
 
 class HandOff(Protocol):
+    def begin(self, trace_id: str, report_generation_id: str | None) -> None:
+        """A report trace started: remember it until its record is ``put`` (cheap, no sync).
+
+        A durable hand-off keeps the marker so that a report whose process dies before the
+        report ends is recovered as "abandoned" instead of vanishing."""
+
     def put(self, record: LineageRecord) -> bool:
         """Accept a record; False when it could not be kept (the caller counts the loss)."""
 
@@ -39,6 +46,9 @@ class HandOff(Protocol):
 
     def pending(self) -> int:
         """Records accepted and not yet acknowledged."""
+
+    def take_quarantined(self) -> int:
+        """Undecodable records and unreadable files moved aside since the last call."""
 
     def abandon(self) -> int:
         """The process is stopping: how many pending records are lost with it."""
@@ -59,6 +69,9 @@ class MemoryHandOff:
         self._in_flight = 0
         self._seq = 0
         self._cond = threading.Condition()
+
+    def begin(self, trace_id: str, report_generation_id: str | None) -> None:
+        """Nothing to do: a memory queue dies with its process, markers and all."""
 
     def put(self, record: LineageRecord) -> bool:
         with self._cond:
@@ -90,6 +103,9 @@ class MemoryHandOff:
     def pending(self) -> int:
         with self._cond:
             return len(self._queue) + self._in_flight
+
+    def take_quarantined(self) -> int:
+        return 0  # records in memory are never decoded, so never undecodable
 
     def recover(self) -> int:
         return 0  # memory dies with its process: there is nothing to recover

@@ -12,6 +12,15 @@ their rows into the live outbox in one transaction, then deletes them), so recor
 process are shipped by the next process that starts with the same directory; ``otel-lineage
 outbox flush`` does it from the command line.
 
+Open-report markers: ``begin`` inserts a marker when a report trace starts and ``put`` deletes
+it in the transaction that inserts the record, so a dead process's marker without a record is a
+report that never ended; ``recover()`` turns it into an "abandoned" failed record
+(``otel_lineage.recovery``). ``open_reports()`` tells a report in progress from an abandoned one.
+
+Nothing blocks delivery: a record that cannot be decoded, and an orphan file SQLite cannot read,
+are moved to ``<directory>/quarantine/`` (never deleted), counted (``take_quarantined``) and
+logged without their contents; every other record and file goes on.
+
 Overflow policy: past ``max_records`` or ``max_bytes`` new records are refused: ``put`` returns
 False and the processor counts them as ``dropped`` (visible in ``audit``). A disk that is full or
 an outbox that cannot be written is handled the same way: the report never fails for it.
@@ -19,6 +28,7 @@ an outbox that cannot be written is handled the same way: the report never fails
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import logging
 import sqlite3
@@ -26,16 +36,35 @@ import threading
 import time
 import uuid
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from otel_lineage.handoff import Pending
 from otel_lineage.ratelimit import RateLimitedLogger
 from otel_lineage.record import LineageRecord
+from otel_lineage.recovery import (
+    QuarantinedItem,
+    abandoned_record,
+    inspect_quarantine,
+    quarantine_file,
+    quarantine_record,
+)
+from otel_lineage.store import clean_record
+
+__all__ = [
+    "OutboxFile",
+    "OutboxHandOff",
+    "QuarantinedItem",
+    "inspect_outboxes",
+    "inspect_quarantine",
+    "open_reports",
+    "pending_generation_ids",
+]
 
 _log = RateLimitedLogger(logging.getLogger(__name__))
-_SCHEMA = """
+_OUTBOX_TABLE = """
 CREATE TABLE IF NOT EXISTS outbox (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     trace_id TEXT NOT NULL,
@@ -45,7 +74,16 @@ CREATE TABLE IF NOT EXISTS outbox (
     record BLOB NOT NULL
 )
 """
+_MARKER_TABLE = """
+CREATE TABLE IF NOT EXISTS open_report (
+    trace_id TEXT PRIMARY KEY,
+    report_generation_id TEXT,
+    started_at REAL NOT NULL
+)
+"""
 _COLUMNS = "trace_id, report_generation_id, created_at, size, record"
+_INSERT = f"INSERT INTO main.outbox ({_COLUMNS}) VALUES (?, ?, ?, ?, ?)"
+_ADOPT_CHUNK = 500
 #: Connections and lock files a forked child inherited: kept referenced, never used or closed
 #: by the child (closing a SQLite connection across fork can corrupt the parent's file).
 _INHERITED: list[object] = []
@@ -58,13 +96,16 @@ class OutboxFile:
     bytes: int
     oldest: float | None
     owner_alive: bool
+    #: Why the file could not be read (it will be quarantined when its owner is dead).
+    error: str | None = None
 
 
 def _connect(path: Path) -> sqlite3.Connection:
     conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable across process crashes
-    conn.execute(_SCHEMA)
+    conn.execute(_OUTBOX_TABLE)
+    conn.execute(_MARKER_TABLE)
     return conn
 
 
@@ -94,13 +135,37 @@ class OutboxHandOff:
         self._bytes = 0
         self._in_flight = 0
         self._closed = False
+        self._open_traces: set[str] = set()
+        self._quarantined = 0
+        self._stuck = 0  # undecodable rows that could not be moved to quarantine either
+        #: Report ids of dead processes' reports that ``recover()`` found abandoned.
+        self.abandoned: list[str] = []
 
     # -- HandOff ----------------------------------------------------------------------------
 
-    def put(self, record: LineageRecord) -> bool:
-        data = record.to_bytes()
+    def begin(self, trace_id: str, report_generation_id: str | None) -> None:
+        """One insert, no extra sync: the marker rides the WAL like the records do."""
         with self._cond:
             if self._closed:
+                return
+            try:
+                self._conn.execute(
+                    "INSERT OR REPLACE INTO open_report VALUES (?, ?, ?)",
+                    (trace_id, report_generation_id, time.time()),
+                )
+            except (sqlite3.Error, ValueError):
+                _log.exception("lineage outbox %s not writable", self.path)
+                return
+            self._open_traces.add(trace_id)
+
+    def put(self, record: LineageRecord) -> bool:
+        data = _serialise(record)
+        with self._cond:
+            if self._closed:
+                return False
+            marker = record.trace_id in self._open_traces
+            if data is None:
+                self._clear_marker(record.trace_id)
                 return False
             if self._count >= self._max_records or self._bytes + len(data) > self._max_bytes:
                 _log.warning(
@@ -108,15 +173,22 @@ class OutboxHandOff:
                     self._count,
                     self._bytes,
                 )
+                self._clear_marker(record.trace_id)
                 return False
+            row = (record.trace_id, record.report_generation_id, time.time(), len(data), data)
             try:
-                self._conn.execute(
-                    f"INSERT INTO outbox ({_COLUMNS}) VALUES (?, ?, ?, ?, ?)",
-                    (record.trace_id, record.report_generation_id, time.time(), len(data), data),
-                )
-            except sqlite3.Error:
+                if marker:  # the record and the end of its marker are one transaction
+                    with self._transaction():
+                        self._conn.execute(_INSERT, row)
+                        self._conn.execute(
+                            "DELETE FROM open_report WHERE trace_id = ?", (record.trace_id,)
+                        )
+                else:
+                    self._conn.execute(_INSERT, row)
+            except (sqlite3.Error, ValueError):
                 _log.exception("lineage outbox %s not writable", self.path)
                 return False
+            self._open_traces.discard(record.trace_id)
             self._count += 1
             self._bytes += len(data)
             self._cond.notify()
@@ -129,14 +201,22 @@ class OutboxHandOff:
             batch: list[Pending] = []
             while self._retry and len(batch) < max_items:
                 batch.append(self._retry.popleft())
-            if len(batch) < max_items and not self._closed:
+            # Rows that cannot be decoded go to quarantine; read on until the batch is full or
+            # the outbox is exhausted, so an empty batch always means "nothing to write".
+            while len(batch) < max_items and not self._closed:
                 rows = self._conn.execute(
-                    "SELECT seq, record FROM outbox WHERE seq > ? ORDER BY seq LIMIT ?",
+                    "SELECT seq, size, record FROM outbox WHERE seq > ? ORDER BY seq LIMIT ?",
                     (self._cursor, max_items - len(batch)),
                 ).fetchall()
-                for seq, data in rows:
-                    batch.append(Pending(seq, LineageRecord.from_bytes(data)))
+                if not rows:
+                    break
+                for seq, size, data in rows:
                     self._cursor = seq
+                    record, reason = _decode(size, data)
+                    if record is None:
+                        self._quarantine_row(seq, size, data, reason)
+                    else:
+                        batch.append(Pending(seq, record))
             self._in_flight += len(batch)
             return batch
 
@@ -147,16 +227,11 @@ class OutboxHandOff:
                 return
             keys = [item.key for item in items]
             where = f"seq IN ({','.join('?' * len(keys))})"
-            self._conn.execute("BEGIN")
-            try:
+            with self._transaction():
                 sizes = self._conn.execute(
                     f"SELECT coalesce(sum(size), 0) FROM outbox WHERE {where}", keys
                 ).fetchone()[0]
                 self._conn.execute(f"DELETE FROM outbox WHERE {where}", keys)
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
-            self._conn.execute("COMMIT")
             self._count -= len(items)
             self._bytes -= int(sizes)
 
@@ -170,50 +245,169 @@ class OutboxHandOff:
         with self._cond:
             return self._count
 
+    def take_quarantined(self) -> int:
+        """Records and files moved to quarantine since the last call (for the counters)."""
+        with self._cond:
+            moved, self._quarantined = self._quarantined, 0
+            return moved
+
     def abandon(self) -> int:
         """Nothing is lost: unwritten records stay in the file for the next process."""
         self.close()
         return 0
 
     def recover(self) -> int:
-        """Adopt the outboxes of dead processes in this directory; returns records adopted."""
+        """Adopt the outboxes of dead processes in this directory; returns records adopted.
+
+        One bad file never stops the others: a file SQLite cannot read is quarantined, a lock
+        file that cannot even be opened is skipped (its owner cannot be told dead) and logged.
+        """
+        stems = {p.name.rsplit(".", 1)[0] for p in self.directory.glob("outbox-*.lock")}
+        stems |= {p.name.rsplit(".", 1)[0] for p in self.directory.glob("outbox-*.db")}
         adopted = 0
-        for lock_path in sorted(self.directory.glob("outbox-*.lock")):
-            if lock_path == self._lock_path:
-                continue
-            db_path = lock_path.with_suffix(".db")
-            with open(lock_path, "a") as lock:
+        for stem in sorted(stems - {self.path.stem}):
+            try:
+                adopted += self._recover_file(self.directory / f"{stem}.lock")
+            except Exception:  # whatever one file does, the next one is still recovered
+                _log.exception("recovering lineage outbox %s failed; skipped", stem)
+        return adopted
+
+    def _recover_file(self, lock_path: Path) -> int:
+        db_path = lock_path.with_suffix(".db")
+        try:
+            lock = open(lock_path, "a")  # noqa: SIM115 - closed below, after the removal
+        except OSError as exc:
+            _log.warning("lineage outbox lock %s unusable (%s); skipped", lock_path.name, exc)
+            return 0
+        with lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return 0  # its owner is alive
+            adopted = 0
+            if db_path.exists():
                 try:
-                    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except BlockingIOError:
-                    continue  # its owner is alive
-                if db_path.exists():
-                    adopted += self._adopt(db_path)
-                _remove(db_path, lock_path)
+                    adopted = self._adopt(db_path)
+                except (sqlite3.Error, OSError) as exc:
+                    reason = f"unreadable outbox file ({type(exc).__name__}: {exc})"
+                    quarantine_file(self.directory, db_path, reason=reason)
+                    with self._cond:
+                        self._quarantined += 1
+                    _log.warning("lineage outbox %s quarantined: %s", db_path.name, reason)
+            _remove(db_path, lock_path)
         return adopted
 
     def _adopt(self, db_path: Path) -> int:
         with self._cond:
             self._conn.execute("ATTACH DATABASE ? AS orphan", (str(db_path),))
             try:
-                self._conn.execute(_SCHEMA.replace("outbox", "orphan.outbox", 1))
-                self._conn.execute("BEGIN IMMEDIATE")
-                self._conn.execute(
-                    f"INSERT INTO main.outbox ({_COLUMNS}) "
-                    f"SELECT {_COLUMNS} FROM orphan.outbox ORDER BY seq"
-                )
-                count, size = self._conn.execute(
-                    "SELECT count(*), coalesce(sum(size), 0) FROM orphan.outbox"
-                ).fetchone()
-                self._conn.execute("COMMIT")
+                (check,) = self._conn.execute("PRAGMA orphan.quick_check(1)").fetchone()
+                if check != "ok":
+                    raise sqlite3.DatabaseError(f"integrity check: {check}")
+                tables = {
+                    name
+                    for (name,) in self._conn.execute(
+                        "SELECT name FROM orphan.sqlite_master WHERE type = 'table'"
+                    )
+                }
+                with self._transaction("BEGIN IMMEDIATE"):
+                    count, size = self._copy_orphan_rows(db_path) if "outbox" in tables else (0, 0)
+                    abandoned, abandoned_size = self._abandon_orphan_markers(tables)
             finally:
-                self._conn.execute("DETACH DATABASE orphan")
+                with contextlib.suppress(sqlite3.Error):
+                    self._conn.execute("DETACH DATABASE orphan")
+            self.abandoned += [r.report_generation_id for r in abandoned if r.report_generation_id]
+            count += len(abandoned)
+            size += abandoned_size
             self._count += count
             self._bytes += size
             if count:
                 self._cond.notify()
-        _log.warning("adopted %d lineage records from %s", count, db_path.name)
-        return int(count)
+        _log.warning(
+            "adopted %d lineage records (%d abandoned reports) from %s",
+            count,
+            len(abandoned),
+            db_path.name,
+        )
+        return count
+
+    def _copy_orphan_rows(self, db_path: Path) -> tuple[int, int]:
+        """Copy the orphan's well-formed rows; quarantine the raw record of the others."""
+        count = size = 0
+        cursor = self._conn.execute(f"SELECT seq, {_COLUMNS} FROM orphan.outbox ORDER BY seq")
+        while chunk := cursor.fetchmany(_ADOPT_CHUNK):
+            good = []
+            for seq, *row in chunk:
+                if _well_formed(row):
+                    good.append(row)
+                    size += row[3]
+                else:
+                    self._quarantine_raw(row[4], f"{db_path.stem}-{seq}", "malformed outbox row")
+            self._conn.executemany(_INSERT, good)
+            count += len(good)
+        return count, size
+
+    def _abandon_orphan_markers(self, tables: set[str]) -> tuple[list[LineageRecord], int]:
+        """Each marker without a record: a report whose process died before it ended."""
+        if "open_report" not in tables:
+            return [], 0
+        unmatched = "SELECT trace_id, report_generation_id, started_at FROM orphan.open_report"
+        if "outbox" in tables:
+            unmatched += " WHERE trace_id NOT IN (SELECT trace_id FROM orphan.outbox)"
+        records = []
+        size = 0
+        for trace_id, generation_id, started_at in self._conn.execute(unmatched).fetchall():
+            if not (
+                isinstance(trace_id, str)
+                and isinstance(generation_id, str | None)
+                and isinstance(started_at, int | float)
+            ):
+                continue  # a marker holds no customer data: an unreadable one is just gone
+            record = abandoned_record(trace_id, generation_id, float(started_at))
+            data = record.to_bytes()
+            self._conn.execute(_INSERT, (trace_id, generation_id, time.time(), len(data), data))
+            records.append(record)
+            size += len(data)
+        return records, size
+
+    def _quarantine_row(self, seq: int, size: object, data: object, reason: str) -> None:
+        """Move an undecodable row of this outbox to quarantine, then out of the outbox."""
+        if self._quarantine_raw(data, f"{self.path.stem}-{seq}", reason):
+            try:
+                self._conn.execute("DELETE FROM outbox WHERE seq = ?", (seq,))
+            except sqlite3.Error:  # a copy is safe in quarantine; the next owner retries
+                _log.exception("lineage outbox %s: quarantined row not deleted", self.path)
+        else:
+            self._stuck += 1  # kept in the file (never deleted with it), out of the count
+        self._count -= 1
+        self._bytes -= size if isinstance(size, int) else 0
+
+    def _quarantine_raw(self, data: object, source: str, reason: str) -> bool:
+        try:
+            quarantine_record(self.directory, data, source=source, reason=reason)
+        except OSError:
+            _log.exception("lineage record %s could not be quarantined; left in place", source)
+            return False
+        self._quarantined += 1
+        _log.warning("lineage record %s quarantined: %s", source, reason)
+        return True
+
+    def _clear_marker(self, trace_id: str) -> None:
+        if trace_id in self._open_traces:
+            self._open_traces.discard(trace_id)
+            with contextlib.suppress(sqlite3.Error):
+                self._conn.execute("DELETE FROM open_report WHERE trace_id = ?", (trace_id,))
+
+    @contextlib.contextmanager
+    def _transaction(self, begin: str = "BEGIN") -> Iterator[None]:
+        self._conn.execute(begin)
+        try:
+            yield
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                self._conn.execute("ROLLBACK")
+            raise
+        self._conn.execute("COMMIT")
 
     def reset_after_fork(self) -> None:
         # The parent keeps its file, lock and connection; the child opens its own outbox.
@@ -223,12 +417,13 @@ class OutboxHandOff:
     # -- lifecycle ----------------------------------------------------------------------------
 
     def close(self) -> None:
-        """Close the outbox; an empty one is deleted, a non-empty one is left for recovery."""
+        """Close the outbox. An empty one is deleted; one with records, open-report markers
+        or rows it could not quarantine is left for the next process's recovery."""
         with self._cond:
             if self._closed:
                 return
             self._closed = True
-            empty = self._count == 0
+            empty = self._count == 0 and not self._open_traces and not self._stuck
             self._conn.close()
         if empty:
             _remove(self.path)
@@ -242,24 +437,25 @@ def inspect_outboxes(directory: Path) -> list[OutboxFile]:
     """What each outbox file under ``directory`` holds, and whether its owner is alive."""
     found = []
     for db_path in sorted(directory.glob("outbox-*.db")):
-        lock_path = db_path.with_suffix(".lock")
-        alive = False
-        if lock_path.exists():
-            with open(lock_path, "a") as lock:
-                try:
-                    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except BlockingIOError:
-                    alive = True
-        conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
+        alive = _owner_alive(db_path.with_suffix(".lock"))
+        error = None
         try:
-            records, size, oldest = conn.execute(
-                "SELECT count(*), coalesce(sum(size), 0), min(created_at) FROM outbox"
-            ).fetchone()
-        except sqlite3.Error:
-            records, size, oldest = 0, 0, None
-        finally:
-            conn.close()
-        found.append(OutboxFile(db_path, int(records), int(size), oldest, alive))
+            rows = _read_only(
+                db_path, "SELECT count(*), coalesce(sum(size), 0), min(created_at) FROM outbox"
+            )
+            records, size, oldest = rows[0]
+        except sqlite3.Error as exc:
+            records, size, oldest, error = 0, 0, None, f"{type(exc).__name__}: {exc}"
+        found.append(
+            OutboxFile(
+                db_path,
+                int(records) if isinstance(records, int) else 0,
+                int(size) if isinstance(size, int | float) else 0,
+                float(oldest) if isinstance(oldest, int | float) else None,
+                alive,
+                error,
+            )
+        )
     return found
 
 
@@ -267,17 +463,95 @@ def pending_generation_ids(directory: Path) -> dict[str, Path]:
     """Report ids with a record waiting in some outbox under ``directory``."""
     pending: dict[str, Path] = {}
     for db_path in sorted(directory.glob("outbox-*.db")):
-        conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
-        try:
-            for (report_id,) in conn.execute(
-                "SELECT report_generation_id FROM outbox WHERE report_generation_id IS NOT NULL"
+        with contextlib.suppress(sqlite3.Error):
+            for (report_id,) in _read_only(
+                db_path,
+                "SELECT report_generation_id FROM outbox WHERE report_generation_id IS NOT NULL",
             ):
                 pending[str(report_id)] = db_path
-        except sqlite3.Error:
-            continue
-        finally:
-            conn.close()
     return pending
+
+
+def open_reports(directory: Path) -> dict[str, bool]:
+    """Report ids whose trace began and has no record yet -> whether their process lives.
+
+    A live owner means "in progress"; a dead one means "abandoned" (the next recovery turns
+    it into a failed record).
+    """
+    found: dict[str, bool] = {}
+    if not directory.is_dir():
+        return found
+    for db_path in sorted(directory.glob("outbox-*.db")):
+        alive = _owner_alive(db_path.with_suffix(".lock"))
+        with contextlib.suppress(sqlite3.Error):
+            for (report_id,) in _read_only(
+                db_path,
+                "SELECT report_generation_id FROM open_report "
+                "WHERE report_generation_id IS NOT NULL",
+            ):
+                found[str(report_id)] = alive
+    return found
+
+
+def _owner_alive(lock_path: Path) -> bool:
+    """True while a process holds the lock; a lock that cannot be opened counts as held."""
+    if not lock_path.exists():
+        return False
+    try:
+        with open(lock_path, "a") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True
+    except OSError:
+        return True
+    return False
+
+
+def _read_only(db_path: Path, sql: str) -> list[Any]:
+    """Rows of ``sql`` against an outbox opened read-only; ``sqlite3.Error`` if unreadable."""
+    conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
+    try:
+        return conn.execute(sql).fetchall()
+    finally:
+        conn.close()
+
+
+def _serialise(record: LineageRecord) -> bytes | None:
+    """The record's bytes; text an encoder refuses (lone surrogates) is cleaned first."""
+    try:
+        return record.to_bytes()
+    except (TypeError, ValueError):
+        pass
+    try:
+        return clean_record(record).to_bytes()
+    except (TypeError, ValueError):
+        _log.exception("lineage record of trace %s cannot be serialised", record.trace_id)
+        return None
+
+
+def _decode(size: object, data: object) -> tuple[LineageRecord | None, str]:
+    """The record, or None and why not (the reason never quotes the data)."""
+    if not isinstance(data, bytes):
+        return None, f"record stored as {type(data).__name__}, not bytes"
+    if not isinstance(size, int) or size != len(data):
+        written = size if isinstance(size, int) else "an unknown size"
+        return None, f"record is {len(data)} bytes, {written} were written"
+    try:
+        return LineageRecord.from_bytes(data), ""
+    except Exception as exc:
+        return None, f"undecodable record ({type(exc).__name__})"
+
+
+def _well_formed(row: list[Any]) -> bool:
+    trace_id, generation_id, created_at, size, record = row
+    return (
+        isinstance(trace_id, str)
+        and isinstance(generation_id, str | None)
+        and isinstance(created_at, int | float)
+        and isinstance(size, int)
+        and isinstance(record, bytes)
+    )
 
 
 def _remove(*paths: Path) -> None:

@@ -1,8 +1,10 @@
 """The plugin's tables, as SQLAlchemy Core (the plugin has no ORM of its own).
 
 ``report_lineage`` column names are a public contract: people query them with SQL. The same
-definitions are created by the Alembic revision ``0002_report_lineage``; a test keeps the two
-equal.
+definitions are created by the Alembic revisions ``0002`` to ``0005``; a test keeps the two
+equal. Every text column that can receive a value from the environment, the resource or span
+data is unbounded (``Text``): a long service name must never make a record or the counters row
+fail (revision ``0005``).
 """
 
 from __future__ import annotations
@@ -34,20 +36,20 @@ report_lineage = Table(
     Column("trace_id", String(32), nullable=False, unique=True),
     Column("root_span_id", String(16), nullable=False),
     Column("business_id", Integer),
-    Column("template_name", String(100)),
-    Column("template_version", String(50)),
+    Column("template_name", Text),
+    Column("template_version", Text),
     Column("template_sha256", String(64)),
     Column("inputs_sha256", String(64)),
     Column("inputs_bytes", Integer),
     Column("inputs_snapshot", LargeBinary),
-    Column("inputs_codec", String(16)),
+    Column("inputs_codec", Text),
     Column("html_sha256", String(64)),
     Column("output_sha256", String(64)),
     Column("output_bytes", Integer),
     Column("output_pages", Integer),
     Column("output_uri", Text),
-    Column("status", String(20), nullable=False),
-    Column("error_type", String(100)),
+    Column("status", Text, nullable=False),
+    Column("error_type", Text),
     Column("error_message", Text),
     Column("started_at", TS, nullable=False),
     Column("ended_at", TS),
@@ -56,20 +58,25 @@ report_lineage = Table(
     Column("input_tables", JSON, nullable=False),
     Column("span_count", Integer, nullable=False),
     Column("span_tree", LargeBinary),
-    Column("span_tree_codec", String(16)),
+    Column("span_tree_codec", Text),
     Column("sampled", Boolean, nullable=False),
     Column("complete", Boolean, nullable=False),
     Column("incomplete_reasons", JSON, nullable=False),
-    Column("service_name", String(200)),
-    Column("service_version", String(100)),
+    Column("service_name", Text),
+    Column("service_version", Text),
     Column("created_at", TS, nullable=False),
     # Set by retention (otel-lineage prune) when the snapshot and span tree were dropped.
     Column("pruned_at", TS),
+    # Trace id of the span that requested the report, and whether the trace could reach a
+    # backend (sampled and a span exporter configured): revision 0005.
+    Column("caller_trace_id", String(32)),
+    Column("exported", Boolean),
     Index("ix_report_lineage_business_started", "business_id", "started_at"),
     Index("ix_report_lineage_template_started", "template_name", "template_version", "started_at"),
     Index("ix_report_lineage_inputs_sha256", "inputs_sha256"),
     Index("ix_report_lineage_output_sha256", "output_sha256"),
     Index("ix_report_lineage_started_at", "started_at"),
+    Index("ix_report_lineage_caller_trace_id", "caller_trace_id"),
 )
 
 #: One row per writing process: what its lineage pipeline did. The audit sums them, so losses
@@ -78,8 +85,8 @@ lineage_counters = Table(
     "lineage_counters",
     metadata,
     Column("instance_id", String(36), primary_key=True),
-    Column("service_name", String(200)),
-    Column("host", String(255)),
+    Column("service_name", Text),
+    Column("host", Text),
     Column("pid", Integer),
     Column("started_at", TS, nullable=False),
     Column("updated_at", TS, nullable=False),
@@ -91,4 +98,5 @@ lineage_counters = Table(
     Column("incomplete", BigInteger, nullable=False),
     Column("errors", BigInteger, nullable=False),
     Column("pending", BigInteger, nullable=False),
+    Column("quarantined", BigInteger, nullable=False, server_default="0"),
 )

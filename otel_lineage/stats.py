@@ -24,6 +24,7 @@ class Counts:
     late: int = 0  # spans that ended after their report was folded
     incomplete: int = 0  # records folded with incomplete_reasons
     errors: int = 0  # failed hook calls and failed write attempts
+    quarantined: int = 0  # undecodable outbox records and unreadable files moved aside (kept)
 
 
 COUNTER_NAMES = tuple(f.name for f in fields(Counts))

@@ -10,22 +10,58 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 import os
 import socket
+import threading
 import uuid
+import weakref
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
+from typing import Any
 
 from opentelemetry import context as otel_context
 from opentelemetry.instrumentation.utils import suppress_instrumentation
-from sqlalchemy import Engine, Table, TextClause, bindparam, text
+from sqlalchemy import Engine, Table, TextClause, bindparam, event, text
 
-from otel_lineage.record import LineageRecord
+from otel_lineage.record import LineageRecord, clean_json, clean_text, needs_cleaning
 from otel_lineage.schema import lineage_counters, report_lineage
 from otel_lineage.stats import COUNTER_NAMES, Counts
 
+_log = logging.getLogger(__name__)
+
 #: The lineage columns a record writes (every field of ``LineageRecord``).
 RECORD_FIELDS = tuple(f.name for f in dataclasses.fields(LineageRecord))
+_TEXT_FIELDS = tuple(
+    f.name for f in dataclasses.fields(LineageRecord) if str(f.type) in ("str", "str | None")
+)
+_JSON_FIELDS = ("steps", "input_tables", "incomplete_reasons")
+
+
+def clean_record(record: LineageRecord) -> LineageRecord:
+    """``record`` with text no database or encoder accepts (NUL, lone surrogates) cleaned.
+
+    Such text comes from the environment (``os.environ`` turns invalid bytes into lone
+    surrogates), the resource or exception messages. A record that needed cleaning is marked
+    incomplete and names each cleaned field, so nothing is changed silently; the record itself
+    is never refused for it.
+    """
+    cleaned: dict[str, Any] = {}
+    for name in _TEXT_FIELDS:
+        value = getattr(record, name)
+        if isinstance(value, str) and needs_cleaning(value):
+            cleaned[name] = clean_text(value)
+    for name in _JSON_FIELDS:
+        value = getattr(record, name)
+        fixed = clean_json(value)
+        if fixed != value:
+            cleaned[name] = fixed
+    if not cleaned:
+        return record
+    reasons = list(cleaned.get("incomplete_reasons", record.incomplete_reasons))
+    reasons += [f"invalid_text:{name}" for name in cleaned]
+    cleaned["incomplete_reasons"] = reasons
+    return dataclasses.replace(record, **cleaned, complete=False)
 
 
 @contextlib.contextmanager
@@ -76,22 +112,25 @@ class LineageStore:
             lineage_counters, "instance_id", [c.name for c in lineage_counters.columns]
         )
         self.instance_id = str(uuid.uuid4())
-        self._service_name = service_name
+        self._service_name = clean_text(service_name) if service_name else service_name
         self._started_at = datetime.now(UTC)
+        self._connections: weakref.WeakSet[Any] = weakref.WeakSet()
+        self._connections_lock = threading.Lock()
+        event.listen(engine, "connect", self._remember_connection)
 
     def upsert(self, records: Sequence[LineageRecord]) -> None:
-        """Insert or update ``records`` in one transaction."""
+        """Insert or update ``records`` in one transaction (text cleaned: ``clean_record``)."""
         if not records:
             return
         with untraced(), self.engine.begin() as conn:
-            conn.execute(self._lineage_upsert, [r.as_row() for r in records])
+            conn.execute(self._lineage_upsert, [clean_record(r).as_row() for r in records])
 
     def save_counters(self, counts: Counts, pending: int) -> None:
         row = {name: getattr(counts, name) for name in COUNTER_NAMES}
         row.update(
             instance_id=self.instance_id,
             service_name=self._service_name,
-            host=socket.gethostname()[:255],
+            host=clean_text(socket.gethostname()),
             pid=os.getpid(),
             started_at=self._started_at,
             updated_at=datetime.now(UTC),
@@ -100,8 +139,37 @@ class LineageStore:
         with untraced(), self.engine.begin() as conn:
             conn.execute(self._counters_upsert, [row])
 
+    def interrupt(self) -> None:
+        """Break off whatever database call this store has in progress, from another thread.
+
+        A server that accepts a connection and then never answers (a network black hole)
+        leaves a client blocked in ``recv`` for ever: server-side statement timeouts never
+        arrive and TCP keepalives see a healthy peer. The writer's watchdog calls this at its
+        deadline: a PostgreSQL connection's socket is shut down (the driver raises a
+        disconnect, the pool discards the connection), a SQLite connection is interrupted.
+        Either way the call fails like an outage and its batch is retried.
+        """
+        with self._connections_lock:
+            connections = list(self._connections)
+        for dbapi_connection in connections:
+            with contextlib.suppress(Exception):  # already closed, or never connected
+                pgconn = getattr(dbapi_connection, "pgconn", None)
+                if pgconn is not None:
+                    fd = os.dup(pgconn.socket)
+                    with socket.socket(fileno=fd) as sock:
+                        sock.shutdown(socket.SHUT_RDWR)
+                elif hasattr(dbapi_connection, "interrupt"):
+                    dbapi_connection.interrupt()
+        _log.warning("lineage database call interrupted at its deadline")
+
+    def _remember_connection(self, dbapi_connection: Any, _record: object) -> None:
+        with self._connections_lock, contextlib.suppress(TypeError):  # not weak-referenceable
+            self._connections.add(dbapi_connection)
+
     def reset_after_fork(self) -> None:
         """A forked child gets its own identity and never reuses the parent's connections."""
         self.engine.dispose(close=False)
+        self._connections_lock = threading.Lock()
+        self._connections = weakref.WeakSet()  # the parent's: never to be shut down from here
         self.instance_id = str(uuid.uuid4())
         self._started_at = datetime.now(UTC)

@@ -3,7 +3,8 @@
 All database I/O of the plugin happens on this thread, never on the thread that ended a span.
 A failed batch goes back to the hand-off and is retried with exponential backoff, so a
 database outage delays lineage but does not lose it (within the hand-off's bounds) and never
-blocks or fails a report.
+blocks or fails a report. Every database call has a deadline (``call_timeout_s``): a watchdog
+breaks off a call a silent server never answers, and the batch is retried like any outage.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import contextlib
 import logging
 import threading
 import time
+from collections.abc import Iterator
 
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, StatementError
 
@@ -26,11 +28,14 @@ _log = RateLimitedLogger(logging.getLogger(__name__))
 def is_rejection(exc: BaseException) -> bool:
     """True when the database refused the data (retrying cannot help), not when it is down.
 
-    Constraint and data errors, and statement errors raised before reaching the database,
-    are rejections; connection, missing-table and every other database error are transient.
+    Constraint and data errors, values a driver cannot encode, and statement errors raised
+    before reaching the database are rejections; connection, missing-table and every other
+    database error are transient.
     """
     if isinstance(exc, IntegrityError | DataError):
         return True
+    if isinstance(exc, ValueError | TypeError | OverflowError):
+        return True  # a driver refusing a value it cannot encode (text, an integer too big)
     return isinstance(exc, StatementError) and not isinstance(exc, DBAPIError)
 
 
@@ -48,6 +53,7 @@ class BackgroundWriter:
         max_backoff_s: float = 30.0,
         counters_every_s: float = 2.0,
         recover_every_s: float = 60.0,
+        call_timeout_s: float = 60.0,
     ) -> None:
         self.handoff = handoff
         self.store = store
@@ -59,6 +65,7 @@ class BackgroundWriter:
         self._max_backoff = max_backoff_s
         self._counters_every = counters_every_s
         self._recover_every = recover_every_s
+        self._call_timeout = call_timeout_s
         self._init_thread_state()
 
     def _init_thread_state(self) -> None:
@@ -96,6 +103,7 @@ class BackgroundWriter:
             if lost:
                 self._stats.add("dropped", lost)
                 _log.warning("lineage writer stopped with %d records unwritten", lost)
+            self._count_quarantined()
             self._save_counters(force=True)
 
     def _recover(self) -> None:
@@ -108,6 +116,12 @@ class BackgroundWriter:
             self.handoff.recover()
         except Exception:
             _log.exception("recovering orphaned lineage records failed")
+        self._count_quarantined()
+
+    def _count_quarantined(self) -> None:
+        moved = self.handoff.take_quarantined()
+        if moved:
+            self._stats.add("quarantined", moved)
 
     def _cycle(self) -> None:
         if self._backoff:
@@ -117,6 +131,7 @@ class BackgroundWriter:
             self._backoff = min(max(self._backoff * 2, self._min_backoff), self._max_backoff)
         else:
             self._backoff = 0.0
+        self._count_quarantined()
         self._save_counters()
 
     def _write_once(self) -> bool:
@@ -134,7 +149,8 @@ class BackgroundWriter:
             items += self.handoff.take(self._batch_size - len(items), remaining)
         self._wake.clear()
         try:
-            self.store.upsert([item.record for item in items])
+            with self._deadline():
+                self.store.upsert([item.record for item in items])
         except Exception as exc:
             if not is_rejection(exc):
                 return self._retry_later(items)
@@ -155,7 +171,8 @@ class BackgroundWriter:
     def _write_individually(self, items: list[Pending]) -> None:
         for item in items:
             try:
-                self.store.upsert([item.record])
+                with self._deadline():
+                    self.store.upsert([item.record])
             except Exception as exc:
                 if not is_rejection(exc):
                     self.handoff.release([item])  # transient after all: keep it for the retry
@@ -176,9 +193,22 @@ class BackgroundWriter:
             return
         self._counters_saved_at = now
         try:
-            self.store.save_counters(self._stats.snapshot(), self.handoff.pending())
+            with self._deadline():
+                self.store.save_counters(self._stats.snapshot(), self.handoff.pending())
         except Exception:
             _log.exception("saving lineage counters failed")
+
+    @contextlib.contextmanager
+    def _deadline(self) -> Iterator[None]:
+        """Bound one store call: at the deadline the watchdog interrupts it (it then fails
+        like an outage: retried), whatever the driver's own timeouts are."""
+        watchdog = threading.Timer(self._call_timeout, self.store.interrupt)
+        watchdog.daemon = True
+        watchdog.start()
+        try:
+            yield
+        finally:
+            watchdog.cancel()
 
     def flush(self, timeout_s: float) -> bool:
         """Wait until everything handed off is written; False at the deadline."""
@@ -198,6 +228,13 @@ class BackgroundWriter:
         self._wake.set()
         thread.join(timeout_s)
         self._thread = None
+        if thread.is_alive():  # a call is still inside its deadline: nothing waits for it
+            _log.warning(
+                "lineage writer still busy after %.1f s; %d records not yet written "
+                "(a durable outbox keeps them for the next process)",
+                timeout_s,
+                self.handoff.pending(),
+            )
 
     def restart_after_fork(self) -> None:
         """In a forked child the writer thread does not exist: start a fresh one."""

@@ -2,7 +2,9 @@
 
 Connections are forwarded byte for byte to the target; ``stop()`` closes the listening socket
 and resets every live connection (what a crashed or restarted server looks like to a client),
-``start()`` listens again on the same port.
+``start()`` listens again on the same port. With ``black_hole`` set, the proxy still accepts
+connections and reads every byte but forwards nothing in either direction: a server that
+accepts and never answers, which no TCP keepalive or server-side timeout can detect.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ class TCPProxy:
         self._sockets: set[socket.socket] = set()
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
+        self.black_hole = False
 
     def start(self) -> None:
         listener = socket.socket()
@@ -74,7 +77,8 @@ class TCPProxy:
                     data = key.fileobj.recv(65536)  # type: ignore[union-attr]
                     if not data:
                         return
-                    key.data.sendall(data)
+                    if not self.black_hole:
+                        key.data.sendall(data)
         except (OSError, ValueError):
             return
         finally:

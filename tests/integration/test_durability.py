@@ -294,7 +294,7 @@ def test_outbox_replayed_twice_gives_no_duplicates(
         shutil.copy(path, outbox_dir / path.name)
         (outbox_dir / path.name.split(".db")[0]).with_suffix(".lock").touch()
     status = runner.invoke(lineage_cli, ["outbox", "status", "--json"])
-    assert orjson.loads(status.stdout)[0]["records"] == 5
+    assert orjson.loads(status.stdout)["files"][0]["records"] == 5
     assert runner.invoke(lineage_cli, ["outbox", "flush"]).exit_code == 0
     assert _count(engine) == 5
     assert list(outbox_dir.glob("*.db")) == []

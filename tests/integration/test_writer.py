@@ -144,3 +144,45 @@ def test_flag_values(value: str) -> None:
 
     assert not lineage_enabled({"ENABLE_REPORT_LINEAGE": value})
     assert lineage_enabled({})
+
+
+@pytest.mark.parametrize(
+    "empty_db_url", [pytest.param("postgres", marks=pytest.mark.postgres)], indirect=True
+)
+def test_a_database_that_never_answers_cannot_wedge_the_writer(db_url: str, engine: Engine) -> None:
+    """Black hole mid-run: the watchdog breaks off the call, the batch is retried, not lost."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    from otel_lineage.engines import create_lineage_engine as bounded_engine
+    from tests.tcp_proxy import TCPProxy
+
+    parts = urlsplit(db_url)
+    proxy = TCPProxy(parts.hostname or "127.0.0.1", parts.port or 5432)
+    user = parts.netloc.rsplit("@", 1)[0]
+    url = urlunsplit(parts._replace(netloc=f"{user}@127.0.0.1:{proxy.port}"))
+    proxy.start()
+    stats = LineageStats()
+    handoff = MemoryHandOff()
+    store = LineageStore(bounded_engine(url, connect_timeout_s=2))
+    writer = BackgroundWriter(
+        handoff, store, stats, linger_s=0, min_backoff_s=0.05, max_backoff_s=0.2, call_timeout_s=1
+    )
+    writer.start()
+    try:
+        first, second = _record(), _record()
+        assert handoff.put(first) and writer.flush(30)  # a pooled connection now exists
+        proxy.black_hole = True
+        assert handoff.put(second)
+        assert not writer.flush(0.5)  # flush keeps its deadline while the call hangs
+        for _ in range(600):  # the hung call is broken off, and fails like an outage
+            if stats.snapshot().errors:
+                break
+            time.sleep(0.05)
+        assert stats.snapshot().errors, "the writer is still inside the hung call"
+        proxy.black_hole = False
+        assert writer.flush(60)  # ... and its batch was retried
+    finally:
+        writer.stop(5)
+        proxy.stop()
+        store.engine.dispose()
+    assert {r["trace_id"] for r in lineage_rows(engine)} == {first.trace_id, second.trace_id}

@@ -1,0 +1,194 @@
+"""What is left when things go wrong: quarantined outbox data and abandoned reports.
+
+Quarantine. A record the outbox cannot decode, or an outbox file SQLite cannot read, must not
+stop delivery of everything else, and it must not be deleted either: it is customer lineage
+that someone may still recover by hand. So it is moved to ``<outbox dir>/quarantine/``: the
+raw bytes (or the file with its WAL) plus a small JSON note saying what it was and why it was
+moved. Notes never contain payload bytes, only the kind, the reason and where it came from.
+
+Abandoned reports. The outbox keeps an "open report" marker from the start of a report trace
+until its record is put; a dead process's marker without a record is a report that never
+ended. ``abandoned_record`` turns it into a failed lineage record, and ``mark_abandoned``
+marks the report service's own ``report_generation`` row failed the same way.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import time
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass, fields
+from datetime import UTC, datetime
+from pathlib import Path
+
+import orjson
+from sqlalchemy import Engine, column, table, update
+
+from otel_lineage.record import CODEC, LineageRecord, compress
+
+QUARANTINE_DIR = "quarantine"
+NOTE_SUFFIX = ".json"
+ABANDONED = "abandoned"
+ABANDONED_REASON = "process_died_before_report_ended"
+#: The span id of a root that was never seen (the invalid span id of the W3C spec).
+UNKNOWN_SPAN_ID = "0" * 16
+_EMPTY_TREE = orjson.dumps({"resource": {}, "trace_state": "", "spans": []})
+_SQLITE_COMPANIONS = ("-wal", "-shm")
+
+_generations = table(
+    "report_generation",
+    column("id"),
+    column("status"),
+    column("error_type"),
+    column("error_message"),
+    column("completed_at"),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class QuarantinedItem:
+    path: Path
+    kind: str  # "record" | "file"
+    reason: str
+    bytes: int
+    quarantined_at: float
+
+
+def quarantine_dir(outbox_dir: Path) -> Path:
+    return outbox_dir / QUARANTINE_DIR
+
+
+def quarantine_record(outbox_dir: Path, data: object, *, source: str, reason: str) -> Path:
+    """Write one undecodable record's raw bytes, and its note, under the quarantine dir."""
+    target = quarantine_dir(outbox_dir)
+    target.mkdir(parents=True, exist_ok=True)
+    path = target / f"record-{source}-{uuid.uuid4().hex[:12]}.bin"
+    path.write_bytes(_raw(data))
+    _write_note(path, kind="record", reason=reason, source=source)
+    return path
+
+
+def quarantine_file(outbox_dir: Path, db_path: Path, *, reason: str) -> Path:
+    """Move an unreadable outbox file (and its WAL and shared-memory files) aside."""
+    target = quarantine_dir(outbox_dir)
+    target.mkdir(parents=True, exist_ok=True)
+    moved = target / f"file-{uuid.uuid4().hex[:12]}-{db_path.name}"
+    for suffix in _SQLITE_COMPANIONS:
+        companion = Path(f"{db_path}{suffix}")
+        if companion.exists():
+            shutil.move(companion, Path(f"{moved}{suffix}"))
+    shutil.move(db_path, moved)  # last: a missing .db means the move is complete
+    _write_note(moved, kind="file", reason=reason, source=db_path.name)
+    return moved
+
+
+def inspect_quarantine(outbox_dir: Path) -> list[QuarantinedItem]:
+    """Every quarantined record and file under ``outbox_dir``, oldest first.
+
+    A data file whose note is missing or unreadable is still listed (reason ``unknown``):
+    what is in quarantine is shown whatever state the notes are in.
+    """
+    target = quarantine_dir(outbox_dir)
+    if not target.is_dir():
+        return []
+    items = []
+    for path in target.iterdir():
+        if path.name.endswith((NOTE_SUFFIX, f"{NOTE_SUFFIX}.tmp", *_SQLITE_COMPANIONS)):
+            continue
+        note = _read_note(path)
+        kind = note.get("kind") if note.get("kind") in ("record", "file") else _kind_of(path)
+        size = sum(
+            p.stat().st_size
+            for p in (path, *(Path(f"{path}{s}") for s in _SQLITE_COMPANIONS))
+            if p.is_file()
+        )
+        at = note.get("quarantined_at")
+        items.append(
+            QuarantinedItem(
+                path=path,
+                kind=str(kind),
+                reason=str(note.get("reason") or "unknown"),
+                bytes=size,
+                quarantined_at=float(at) if isinstance(at, int | float) else path.stat().st_mtime,
+            )
+        )
+    return sorted(items, key=lambda item: (item.quarantined_at, item.path.name))
+
+
+def abandoned_record(
+    trace_id: str, report_generation_id: str | None, started_at: float
+) -> LineageRecord:
+    """The lineage of a report whose process died before the report ended."""
+    values: dict[str, object] = {f.name: None for f in fields(LineageRecord)}
+    values.update(
+        trace_id=trace_id,
+        root_span_id=UNKNOWN_SPAN_ID,
+        report_generation_id=report_generation_id,
+        status="failed",
+        error_type=ABANDONED,
+        error_message="the process died before the report ended",
+        started_at=datetime.fromtimestamp(started_at, UTC),
+        steps=[],
+        input_tables=[],
+        span_count=0,
+        span_tree=compress(_EMPTY_TREE),
+        span_tree_codec=CODEC,
+        sampled=False,
+        complete=False,
+        incomplete_reasons=[ABANDONED_REASON],
+        created_at=datetime.now(UTC),
+    )
+    return LineageRecord(**values)  # type: ignore[arg-type]
+
+
+def mark_abandoned(reports_engine: Engine, generation_ids: Iterable[str]) -> int:
+    """Mark still-``generating`` report rows of dead processes failed/abandoned; how many."""
+    ids = sorted(set(generation_ids))
+    if not ids:
+        return 0
+    marked = 0
+    with reports_engine.begin() as conn:
+        for start in range(0, len(ids), 500):  # bounded IN lists on both databases
+            result = conn.execute(
+                update(_generations)
+                .where(_generations.c.id.in_(ids[start : start + 500]))
+                .where(_generations.c.status == "generating")
+                .values(
+                    status="failed",
+                    error_type=ABANDONED,
+                    error_message="the process died before the report ended",
+                    completed_at=datetime.now(UTC),
+                )
+            )
+            marked += result.rowcount
+    return marked
+
+
+def _raw(data: object) -> bytes:
+    if isinstance(data, bytes | bytearray | memoryview):
+        return bytes(data)
+    if isinstance(data, str):
+        return data.encode("utf-8", "surrogatepass")
+    return repr(data).encode("utf-8", "backslashreplace")
+
+
+def _write_note(path: Path, *, kind: str, reason: str, source: str) -> None:
+    note = {"kind": kind, "reason": reason, "source": source, "quarantined_at": time.time()}
+    temporary = Path(f"{path}{NOTE_SUFFIX}.tmp")
+    temporary.write_bytes(orjson.dumps(note))
+    os.replace(temporary, Path(f"{path}{NOTE_SUFFIX}"))
+
+
+def _read_note(path: Path) -> dict[str, object]:
+    with contextlib.suppress(OSError, orjson.JSONDecodeError):
+        note = orjson.loads(Path(f"{path}{NOTE_SUFFIX}").read_bytes())
+        if isinstance(note, dict):
+            return note
+    return {}
+
+
+def _kind_of(path: Path) -> str:
+    return "record" if path.name.startswith("record-") else "file"
