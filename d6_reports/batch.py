@@ -17,6 +17,7 @@ from multiprocessing.util import Finalize
 
 from opentelemetry import metrics, trace
 
+from d6_reports.bootstrap import start_telemetry
 from d6_reports.generator import GenerationOptions, GenerationResult
 from d6_reports.service import ReportService
 
@@ -33,6 +34,20 @@ class BatchItem:
     error_type: str | None
     error_message: str | None
     duration_ms: float
+
+    @classmethod
+    def failed(cls, business_id: int, exc: BaseException) -> BatchItem:
+        """A generation that could not even report its own result (its worker died)."""
+        return cls(
+            business_id=business_id,
+            success=False,
+            generation_id="",
+            pages=None,
+            pdf_path=None,
+            error_type=type(exc).__qualname__,
+            error_message=str(exc).splitlines()[0] if str(exc) else type(exc).__qualname__,
+            duration_ms=0.0,
+        )
 
     @classmethod
     def from_result(cls, result: GenerationResult) -> BatchItem:
@@ -55,7 +70,11 @@ def run_batch(
     workers: int = 1,
     service: ReportService | None = None,
 ) -> Iterator[BatchItem]:
-    """Yield one ``BatchItem`` per business id as generations finish (any order when pooled)."""
+    """Yield one ``BatchItem`` per business id as generations finish (any order when pooled).
+
+    One business's failure, even one that kills its worker process, is that business's failed
+    item: the batch always goes on to the end.
+    """
     if workers < 1:
         raise ValueError("workers must be at least 1")
     if workers == 1:
@@ -63,18 +82,24 @@ def run_batch(
         service = service or ReportService.from_settings()
         try:
             for business_id in business_ids:
-                yield BatchItem.from_result(
-                    service.generator.generate_report_sync(business_id, options)
-                )
+                try:
+                    result = service.generator.generate_report_sync(business_id, options)
+                except Exception as exc:  # invalid id: this business's failure only
+                    yield BatchItem.failed(business_id, exc)
+                else:
+                    yield BatchItem.from_result(result)
         finally:
             if own:
                 service.close()
         return
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker) as pool:
-        futures = [pool.submit(_generate_in_worker, b, options) for b in business_ids]
+        futures = {pool.submit(_generate_in_worker, b, options): b for b in business_ids}
         for future in as_completed(futures):
-            yield future.result()
+            try:
+                yield future.result()
+            except Exception as exc:  # the worker died or could not start
+                yield BatchItem.failed(futures[future], exc)
 
 
 _worker_service: ReportService | None = None
@@ -82,6 +107,9 @@ _worker_service: ReportService | None = None
 
 def _init_worker() -> None:
     global _worker_service
+    # Spawned: nothing of the parent's telemetry exists here. Bring it up like the parent did
+    # (its warnings were shown by the parent already).
+    start_telemetry(warn=lambda _message: None)
     _worker_service = ReportService.from_settings()
     Finalize(None, flush_telemetry, exitpriority=10)
 

@@ -15,10 +15,16 @@ from sqlalchemy.orm import Session, sessionmaker
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 MIGRATIONS_DIR = PROJECT_ROOT / "migrations"
+CONNECT_TIMEOUT_S = 10
 
 
 def make_engine(url: str, **kwargs: Any) -> Engine:
-    """Create an engine with the settings this service relies on for ``url``'s dialect."""
+    """Create an engine with the settings this service relies on for ``url``'s dialect.
+
+    ``hide_parameters``: SQLAlchemy's error text otherwise quotes the bound values, which are
+    customer data, into every exception message that may end up in a log.
+    """
+    kwargs.setdefault("hide_parameters", True)
     if url.startswith("sqlite"):
         _ensure_sqlite_dir(url)
         kwargs.setdefault("connect_args", {"timeout": 30})
@@ -26,6 +32,9 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
     kwargs.setdefault("pool_pre_ping", True)
+    if url.startswith("postgresql"):
+        # A server that accepts connections and never answers must not hang a command.
+        kwargs.setdefault("connect_args", {"connect_timeout": CONNECT_TIMEOUT_S})
     return create_engine(url, **kwargs)
 
 

@@ -3,6 +3,11 @@
 Both end in ``attach()``, which adds the lineage pipeline (processor, hand-off, writer, store,
 metrics, trace-stamping listener) to an SDK tracer provider. With ``ENABLE_REPORT_LINEAGE``
 false nothing of it is created: no processor, no listener, and the sampler is the delegate.
+
+Both fail loud: a setting the plugin cannot honour, or a sampler that would drop report
+traces, raises ``LineageConfigError``/``LineageStartError`` (one line) instead of starting a
+service that makes PDFs with no lineage. An unreachable lineage *database* is not a failed
+start: the durable outbox holds the records until it is back.
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import sqlite3
+import weakref
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -18,20 +24,41 @@ from opentelemetry import metrics, trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
-from opentelemetry.sdk.trace.sampling import Sampler
-from sqlalchemy import Engine, create_engine, event
+from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased, Sampler
+from sqlalchemy import Engine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
+from otel_lineage.detachable import DetachableTracerProvider
+from otel_lineage.engines import create_lineage_engine
 from otel_lineage.handoff import HandOff, MemoryHandOff
 from otel_lineage.listeners import TraceStamper
 from otel_lineage.outbox import OutboxHandOff
 from otel_lineage.processor import LineageSpanProcessor
-from otel_lineage.sampler import LineageSampler, sampler_from_name
-from otel_lineage.settings import MEMORY_OUTBOX, LineageSettings
+from otel_lineage.sampler import (
+    LINEAGE_PREFIX,
+    STANDARD_SAMPLERS,
+    LineageSampler,
+    sampler_from_name,
+)
+from otel_lineage.settings import MEMORY_OUTBOX, LineageConfigError, LineageSettings
 from otel_lineage.stats import LineageStats
 from otel_lineage.store import LineageStore
 from otel_lineage.writer import BackgroundWriter
 
 _log = logging.getLogger(__name__)
+#: Pipelines attached and not shut down, by provider (what ``startup_check`` asks about).
+_ACTIVE: weakref.WeakKeyDictionary[TracerProvider, Lineage] = weakref.WeakKeyDictionary()
+#: Exporter names of ``OTEL_TRACES_EXPORTER`` that export nothing.
+_NO_EXPORT = frozenset({"", "none"})
+
+
+class LineageStartError(RuntimeError):
+    """Lineage could not start (the message is one line for the user)."""
+
+
+def active_lineage(provider: TracerProvider) -> Lineage | None:
+    """The running lineage pipeline of ``provider``, if any."""
+    return _ACTIVE.get(provider)
 
 
 @dataclass
@@ -44,6 +71,10 @@ class Lineage:
     stamper: TraceStamper | None = None
     store: LineageStore | None = None
     instrumented_engines: list[Engine] = field(default_factory=list)
+    #: What the SQLAlchemy instrumentation was given (detached at shutdown, see detachable).
+    sql_tracer_provider: DetachableTracerProvider | None = None
+    #: True when ``configure()`` created ``provider``: shutdown then shuts it down too.
+    owns_provider: bool = False
 
     @property
     def enabled(self) -> bool:
@@ -54,6 +85,8 @@ class Lineage:
 
     def shutdown(self) -> None:
         """Drain and stop the pipeline, remove the listener and SQLAlchemy instrumentation."""
+        if _ACTIVE.get(self.provider) is self:
+            del _ACTIVE[self.provider]
         if self.processor is not None:
             self.processor.shutdown()
         if self.stamper is not None:
@@ -65,11 +98,16 @@ class Lineage:
 
             SQLAlchemyInstrumentor().uninstrument()
             self.instrumented_engines = []
+        if self.sql_tracer_provider is not None:
+            self.sql_tracer_provider.detach()
+            self.sql_tracer_provider = None
+        if self.owns_provider:
+            self.provider.shutdown()
 
 
 def configure(
     *,
-    engines: Iterable[Engine] = (),
+    engines: Iterable[Engine | AsyncEngine] = (),
     database_url: str | None = None,
     tracer_provider: TracerProvider | None = None,
     sampler: Sampler | None = None,
@@ -88,35 +126,52 @@ def configure(
       flag is on).
     - ``exporter``: exported through a ``BatchSpanProcessor``; by default an OTLP exporter is
       added when ``OTEL_TRACES_EXPORTER`` says ``otlp`` or an OTLP endpoint is set.
-    - ``engines``: SQLAlchemy engines to instrument (explicitly, once).
+    - ``engines``: SQLAlchemy engines to instrument (explicitly, once); for an
+      ``AsyncEngine`` its ``sync_engine`` is instrumented (global instrumentation leaks an
+      open span with async engines).
     - ``database_url``/``enabled``: override ``OTEL_LINEAGE_DATABASE_URL`` and
       ``ENABLE_REPORT_LINEAGE``.
+
+    Raises ``LineageConfigError`` for a setting it cannot honour (named, with its accepted
+    range) and ``LineageStartError`` when the pipeline cannot be attached.
     """
     settings = LineageSettings.from_env()
     if enabled is not None:
         settings = replace(settings, enabled=enabled)
     if database_url is not None:
         settings = replace(settings, database_url=database_url)
+    owns_provider = tracer_provider is None and not set_global
     if tracer_provider is None:
         tracer_provider = TracerProvider(
-            sampler=_lineage_sampler(sampler, settings.enabled), resource=Resource.create()
+            sampler=_lineage_sampler(sampler, settings.enabled),
+            resource=Resource.create(),
+            # A global provider is shut down at exit; a private one by Lineage.shutdown.
+            shutdown_on_exit=set_global,
         )
         if set_global:
             trace.set_tracer_provider(tracer_provider)
+    exporter = exporter or _otlp_exporter_from_env()
     lineage = (
-        attach(tracer_provider, settings, meter_provider=meter_provider)
+        attach(
+            tracer_provider,
+            settings,
+            meter_provider=meter_provider,
+            exporting=exporter is not None or None,
+        )
         if settings.enabled
         else Lineage(provider=tracer_provider, settings=settings)
     )
-    exporter = exporter or _otlp_exporter_from_env()
+    lineage.owns_provider = owns_provider
     if exporter is not None:
         tracer_provider.add_span_processor(BatchSpanProcessor(exporter))
-    engines = list(engines)
-    if engines:
+    sync_engines = [e.sync_engine if isinstance(e, AsyncEngine) else e for e in engines]
+    if sync_engines:
         from opentelemetry.instrumentation.sqlalchemy import SQLAlchemyInstrumentor
 
-        SQLAlchemyInstrumentor().instrument(engines=engines, tracer_provider=tracer_provider)
-        lineage.instrumented_engines = engines
+        sql_provider = DetachableTracerProvider(tracer_provider)
+        SQLAlchemyInstrumentor().instrument(engines=sync_engines, tracer_provider=sql_provider)
+        lineage.instrumented_engines = sync_engines
+        lineage.sql_tracer_provider = sql_provider
     return lineage
 
 
@@ -125,17 +180,24 @@ def attach(
     settings: LineageSettings,
     *,
     meter_provider: metrics.MeterProvider | None = None,
+    exporting: bool | None = None,
 ) -> Lineage:
-    """Add the lineage pipeline to ``provider`` (the flag is assumed on)."""
-    if not isinstance(provider.sampler, LineageSampler):
-        _log.warning(
-            "the tracer provider's sampler is %s, not a LineageSampler: report traces it "
-            "drops will have no lineage (set OTEL_TRACES_SAMPLER=lineage_parentbased_*)",
-            provider.sampler.get_description(),
-        )
+    """Add the lineage pipeline to ``provider`` (the flag is assumed on).
+
+    ``exporting``: whether a span exporter is configured in this process (rows record
+    ``exported`` only then); by default read from ``OTEL_TRACES_EXPORTER``.
+    """
+    if active_lineage(provider) is not None:
+        raise LineageStartError("lineage is already attached to this tracer provider")
+    check_sampler_env()
+    _check_sampler(provider.sampler)
+    if exporting is None:
+        exporting = _exporter_names() != set()
     service = provider.resource.attributes.get("service.name")
     store = LineageStore(
-        create_lineage_engine(settings.database_url),
+        create_lineage_engine(
+            settings.database_url, statement_timeout_s=WRITER_STATEMENT_TIMEOUT_S
+        ),
         service_name=str(service) if service else None,
     )
     stats = LineageStats()
@@ -148,14 +210,55 @@ def attach(
         max_traces=settings.max_traces,
         max_spans_per_trace=settings.max_spans_per_trace,
         trace_ttl_s=settings.trace_ttl_s,
+        exporting=exporting,
     )
     provider.add_span_processor(processor)
     stats.register_metrics(handoff.pending, meter_provider)
-    stamper = TraceStamper(_stamp_classes())
+    stamper = TraceStamper(settings.stamp_classes)
     stamper.install()
-    return Lineage(
+    lineage = Lineage(
         provider=provider, settings=settings, processor=processor, stamper=stamper, store=store
     )
+    _ACTIVE[provider] = lineage
+    return lineage
+
+
+#: A lineage write that takes longer than this is abandoned and retried (the database may
+#: accept connections and never answer); the writer's own backoff applies.
+WRITER_STATEMENT_TIMEOUT_S = 30.0
+
+
+_PARENT_ALWAYS_ON: str = ParentBased(ALWAYS_ON).get_description()  # type: ignore[no-untyped-call]
+
+
+def check_sampler_env() -> None:
+    """A bad ``OTEL_TRACES_SAMPLER``/``_ARG`` is an error here, not the SDK's silent default."""
+    name = os.environ.get("OTEL_TRACES_SAMPLER", "").strip().lower()
+    if name.removeprefix(LINEAGE_PREFIX) not in STANDARD_SAMPLERS:
+        return  # unset, or a sampler of another package (the SDK resolves it)
+    try:
+        sampler_from_name(name, os.environ.get("OTEL_TRACES_SAMPLER_ARG"))
+    except ValueError as exc:
+        raise LineageConfigError(
+            f"OTEL_TRACES_SAMPLER={name} with OTEL_TRACES_SAMPLER_ARG="
+            f"{os.environ.get('OTEL_TRACES_SAMPLER_ARG')!r}: {exc}"
+        ) from None
+
+
+def _check_sampler(sampler: Sampler) -> None:
+    """Refuse a sampler that can drop report traces: their lineage would be lost silently."""
+    if isinstance(sampler, LineageSampler):
+        return
+    description: str = sampler.get_description()
+    never_drops = sampler is ALWAYS_ON or (
+        isinstance(sampler, ParentBased) and description == _PARENT_ALWAYS_ON
+    )
+    if not never_drops:
+        raise LineageConfigError(
+            f"the tracer provider's sampler is {description}, which drops "
+            "report traces and their lineage: use a LineageSampler "
+            "(OTEL_TRACES_SAMPLER=lineage_<standard name>)"
+        )
 
 
 def make_handoff(settings: LineageSettings) -> HandOff:
@@ -179,27 +282,13 @@ def make_handoff(settings: LineageSettings) -> HandOff:
         return MemoryHandOff(settings.max_pending)
 
 
-def create_lineage_engine(url: str) -> Engine:
-    """An engine for the lineage database; SQLite gets WAL and a busy timeout for writers."""
-    if not url.startswith("sqlite"):
-        return create_engine(url, pool_pre_ping=True)
-    engine = create_engine(url, connect_args={"timeout": 30})
-
-    @event.listens_for(engine, "connect")
-    def _wal(dbapi_connection: object, _record: object) -> None:
-        cursor = dbapi_connection.cursor()  # type: ignore[attr-defined]
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA synchronous=NORMAL")  # WAL: safe against process crashes
-        cursor.close()
-
-    return engine
-
-
 def _lineage_sampler(delegate: Sampler | None, enabled: bool) -> Sampler:
     if delegate is None:
-        delegate = sampler_from_name(
-            os.environ.get("OTEL_TRACES_SAMPLER"), os.environ.get("OTEL_TRACES_SAMPLER_ARG")
-        )
+        name = os.environ.get("OTEL_TRACES_SAMPLER")
+        try:
+            delegate = sampler_from_name(name, os.environ.get("OTEL_TRACES_SAMPLER_ARG"))
+        except ValueError as exc:
+            raise LineageConfigError(f"OTEL_TRACES_SAMPLER={name!r}: {exc}") from None
     if enabled and not isinstance(delegate, LineageSampler):
         return LineageSampler(delegate)
     if not enabled and isinstance(delegate, LineageSampler):
@@ -207,17 +296,24 @@ def _lineage_sampler(delegate: Sampler | None, enabled: bool) -> Sampler:
     return delegate
 
 
-def _stamp_classes() -> list[str]:
-    names = os.environ.get("OTEL_LINEAGE_STAMP_CLASSES", "ReportGeneration")
-    return [n.strip() for n in names.split(",") if n.strip()]
+def _exporter_names() -> set[str]:
+    names = os.environ.get("OTEL_TRACES_EXPORTER", "")
+    return {n.strip().lower() for n in names.split(",")} - _NO_EXPORT
 
 
 def _otlp_exporter_from_env() -> SpanExporter | None:
-    exporters = os.environ.get("OTEL_TRACES_EXPORTER", "")
+    exporters = _exporter_names()
     endpoint = os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or os.environ.get(
         "OTEL_EXPORTER_OTLP_ENDPOINT"
     )
-    if "otlp" not in exporters.split(",") and not (endpoint and exporters != "none"):
+    explicit_none = os.environ.get("OTEL_TRACES_EXPORTER", "").strip().lower() == "none"
+    unknown = exporters - {"otlp", "otlp_proto_http", "otlp_proto_grpc"}
+    if unknown:
+        raise LineageConfigError(
+            f"OTEL_TRACES_EXPORTER names {', '.join(sorted(unknown))}: configure() can only "
+            "add OTLP (pass exporter= for another one)"
+        )
+    if not exporters and not (endpoint and not explicit_none):
         return None
     protocol = os.environ.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") or os.environ.get(
         "OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"
@@ -227,10 +323,11 @@ def _otlp_exporter_from_env() -> SpanExporter | None:
             from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (
                 OTLPSpanExporter as GrpcExporter,
             )
-        except ImportError as exc:
-            raise RuntimeError(
-                "OTEL_EXPORTER_OTLP_PROTOCOL=grpc needs opentelemetry-exporter-otlp-proto-grpc"
-            ) from exc
+        except ImportError:
+            raise LineageConfigError(
+                "OTEL_EXPORTER_OTLP_PROTOCOL=grpc needs opentelemetry-exporter-otlp-proto-grpc "
+                "(not installed); use http/protobuf"
+            ) from None
         grpc_exporter: SpanExporter = GrpcExporter()
         return grpc_exporter
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter

@@ -1,14 +1,21 @@
-"""Zero-code set-up: an ``opentelemetry_instrumentor`` entry point.
+"""Zero-code set-up: an ``opentelemetry_instrumentor`` entry point, and the start-up check.
 
-``opentelemetry-instrument d6-reports generate-all`` configures the SDK (sampler from
-``OTEL_TRACES_SAMPLER``, which may name a ``lineage_*`` sampler, exporters from
-``OTEL_TRACES_EXPORTER``) and then runs every installed instrumentor, this one included, which
-attaches the lineage pipeline to that provider. No line of the application changes.
+``opentelemetry-instrument d6-reports generate-all`` (or the service's own commands, which run
+the same start-up in-process) configures the SDK (sampler from ``OTEL_TRACES_SAMPLER``, which
+may name a ``lineage_*`` sampler, exporters from ``OTEL_TRACES_EXPORTER``) and then runs every
+installed instrumentor, this one included, which attaches the lineage pipeline to that
+provider. No line of the application changes.
+
+The auto-instrumentation start-up logs and swallows what fails in it, which would let a
+service produce reports with no lineage. ``startup_check`` (entry point group
+``d6_reports.startup_checks``) is how a service asks, without importing this package, whether
+lineage is really capturing: it raises with the one-line reason when it is not.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Collection
 from typing import Any
 
@@ -18,29 +25,60 @@ from opentelemetry.instrumentation.instrumentor import (  # type: ignore[attr-de
 )
 from opentelemetry.sdk.trace import TracerProvider
 
-from otel_lineage.configuration import Lineage, attach
-from otel_lineage.settings import LineageSettings
+from otel_lineage.configuration import Lineage, LineageStartError, active_lineage, attach
+from otel_lineage.settings import LineageSettings, lineage_enabled
 
 _log = logging.getLogger(__name__)
 
 
 class LineageInstrumentor(BaseInstrumentor):  # type: ignore[misc]
     _lineage: Lineage | None = None
+    #: Why the last zero-code start failed, for ``startup_check`` (one line).
+    failure: str | None = None
 
     def instrumentation_dependencies(self) -> Collection[str]:
         return []
 
     def _instrument(self, **kwargs: Any) -> None:
-        settings = LineageSettings.from_env()
-        if not settings.enabled:
-            return
-        provider = kwargs.get("tracer_provider") or trace.get_tracer_provider()
-        if not isinstance(provider, TracerProvider):
-            _log.warning("no SDK tracer provider is configured; report lineage is off")
-            return
-        LineageInstrumentor._lineage = attach(provider, settings)
+        if LineageInstrumentor.failure:
+            return  # the distro refused the settings: startup_check reports why
+        try:
+            settings = LineageSettings.from_env()
+            if not settings.enabled:
+                return
+            provider = kwargs.get("tracer_provider") or trace.get_tracer_provider()
+            if not isinstance(provider, TracerProvider):
+                raise LineageStartError(
+                    "lineage cannot start: no OpenTelemetry SDK tracer provider is configured"
+                )
+            LineageInstrumentor._lineage = attach(provider, settings)
+            LineageInstrumentor.failure = None
+        except Exception as exc:
+            LineageInstrumentor.failure = str(exc).splitlines()[0] if str(exc) else repr(exc)
+            raise
 
     def _uninstrument(self, **kwargs: Any) -> None:
         if LineageInstrumentor._lineage is not None:
             LineageInstrumentor._lineage.shutdown()
             LineageInstrumentor._lineage = None
+
+
+def startup_check() -> str | None:
+    """None when lineage captures in this process; a warning when it is explicitly off.
+
+    Raises ``LineageStartError`` (one line) when lineage should capture and does not: a bad
+    setting, an SDK that failed to start, a provider without the pipeline.
+    """
+    if os.environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
+        return "OpenTelemetry is disabled (OTEL_SDK_DISABLED=true): reports get no lineage rows"
+    if not lineage_enabled():
+        return "lineage is off (ENABLE_REPORT_LINEAGE=false): reports get no lineage rows"
+    if LineageInstrumentor.failure:
+        raise LineageStartError(LineageInstrumentor.failure)
+    provider = trace.get_tracer_provider()
+    if isinstance(provider, TracerProvider) and active_lineage(provider) is not None:
+        return None
+    raise LineageStartError(
+        "lineage did not start: the OpenTelemetry SDK is not configured with the lineage "
+        "pipeline (see the error above, or run under opentelemetry-instrument)"
+    )

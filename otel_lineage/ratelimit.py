@@ -2,11 +2,16 @@
 
 Span hooks run for every span; a broken database or a bad span would otherwise log thousands
 of identical tracebacks a second and become the outage.
+
+``exception`` logs the exception's *type* at ERROR and its message and traceback at DEBUG
+only: a database or driver error quotes the values it refused (a customer's email in a
+rejected row), and logs above DEBUG leave the host.
 """
 
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 import time
 from typing import Any
@@ -34,7 +39,10 @@ class RateLimitedLogger:
         allowed, suppressed = self._allow(msg)
         if allowed:
             suffix = f" ({suppressed} similar suppressed)" if suppressed else ""
-            self._logger.exception(msg + suffix, *args)
+            error = sys.exc_info()[1]
+            kind = type(error).__qualname__ if error is not None else "error"
+            self._logger.error(msg + ": %s" + suffix, *args, kind)
+            self._logger.debug(msg, *args, exc_info=True)
 
     def warning(self, msg: str, *args: Any) -> None:
         allowed, suppressed = self._allow(msg)

@@ -1,0 +1,109 @@
+"""Bringing up OpenTelemetry in the service's own processes, and refusing to run without it.
+
+Every entry point that generates reports (``d6-reports generate|generate-all|demo`` and each
+worker process) calls ``start_telemetry()`` first. It runs the same start-up as
+``opentelemetry-instrument`` in-process (``auto_instrumentation.initialize``: the distro, the
+SDK configurator from ``OTEL_*``, every entry-point instrumentor, the lineage plugin's among
+them), unless a tracer provider is already installed (run under ``opentelemetry-instrument``,
+or by the embedding application), so nothing is configured twice.
+
+Then it asks every installed start-up check (entry point group ``d6_reports.startup_checks``;
+the lineage plugin registers one) whether the process is really capturing. This keeps the
+dependency one way: the service knows the hook, never the plugin. A failed start is one line
+and a ``TelemetryStartError``, so the command exits before making a PDF without lineage,
+unless ``D6_ALLOW_NO_LINEAGE=true`` says that is acceptable (then it is a warning).
+``OTEL_SDK_DISABLED=true`` and ``ENABLE_REPORT_LINEAGE=false`` are explicit choices: warnings.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from importlib.metadata import entry_points
+
+from opentelemetry import trace
+
+STARTUP_CHECKS_GROUP = "d6_reports.startup_checks"
+ALLOW_NO_LINEAGE_ENV = "D6_ALLOW_NO_LINEAGE"
+#: Loggers of the auto-instrumentation start-up that log a traceback before re-raising.
+_STARTUP_LOGGERS = (
+    "opentelemetry.instrumentation.auto_instrumentation",
+    "opentelemetry.instrumentation.auto_instrumentation._load",
+)
+_started = False
+
+
+class TelemetryStartError(RuntimeError):
+    """Tracing or lineage could not start; the message is one line for the user."""
+
+
+def start_telemetry(*, warn: Callable[[str], None] | None = None) -> None:
+    """Configure OpenTelemetry once per process and check that lineage captures.
+
+    ``warn`` receives each one-line warning (default: printed to stderr).
+    """
+    global _started
+    warn = warn or _print_warning
+    allowed = os.environ.get(ALLOW_NO_LINEAGE_ENV, "").strip().lower() in {"1", "true", "yes"}
+    try:
+        if not _started:
+            if isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider):
+                _initialize()
+            _started = True
+        _run_checks(warn)
+    except TelemetryStartError as exc:
+        if not allowed:
+            raise
+        warn(f"{exc} (continuing without lineage: {ALLOW_NO_LINEAGE_ENV}=true)")
+
+
+def _initialize() -> None:
+    from opentelemetry.instrumentation.auto_instrumentation import initialize
+
+    try:
+        with _quiet_startup_tracebacks():
+            initialize(swallow_exceptions=False)
+    except Exception as exc:
+        raise TelemetryStartError(f"tracing and lineage cannot start: {_one_line(exc)}") from exc
+
+
+def _run_checks(warn: Callable[[str], None]) -> None:
+    checks = list(entry_points(group=STARTUP_CHECKS_GROUP))
+    if not checks:
+        raise TelemetryStartError("no lineage plugin is installed: reports would get no lineage")
+    for entry_point in checks:
+        try:
+            message = entry_point.load()()
+        except Exception as exc:
+            raise TelemetryStartError(_one_line(exc)) from exc
+        if message:
+            warn(str(message))
+
+
+@contextmanager
+def _quiet_startup_tracebacks() -> Iterator[None]:
+    """The start-up logs a traceback for what it re-raises: we report that in one line."""
+
+    def no_tracebacks(record: logging.LogRecord) -> bool:
+        return record.exc_info is None
+
+    loggers = [logging.getLogger(name) for name in _STARTUP_LOGGERS]
+    for logger in loggers:
+        logger.addFilter(no_tracebacks)
+    try:
+        yield
+    finally:
+        for logger in loggers:
+            logger.removeFilter(no_tracebacks)
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__qualname__
+
+
+def _print_warning(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr)
