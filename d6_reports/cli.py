@@ -1,93 +1,290 @@
 """``d6-reports``: the report service's command line (Typer + Rich).
 
-Configuration comes from the environment (``D6_DATABASE_URL``, ``D6_REPORTS_DIR``); run under
-``opentelemetry-instrument`` (as ``make demo`` does) to trace, and with the lineage plugin
-installed, to record lineage, with no code change.
+Configuration comes from the environment (``D6_DATABASE_URL``, ``D6_REPORTS_DIR``). The
+generating commands bring OpenTelemetry up themselves (``d6_reports.bootstrap``), so lineage is
+recorded however they are started. Every failure is one ``error: ...`` line on stderr (exit
+status 2 for bad usage or configuration), never a traceback; displayed values are never parsed
+as Rich markup.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 import time
-from typing import Annotated
+from collections.abc import Sequence
+from importlib.metadata import version as package_version
+from typing import Annotated, Any
 
 import orjson
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 from sqlalchemy import select
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+from typer.core import TyperGroup
 
 from d6_reports import db
 from d6_reports.batch import BatchItem, run_batch
+from d6_reports.bootstrap import TelemetryStartError, start_telemetry
+from d6_reports.config import Settings
 from d6_reports.generator import DEFAULT_TEMPLATE, GenerationOptions
 from d6_reports.models import Business
 from d6_reports.seed import seed_demo
 from d6_reports.service import ReportService
 from d6_reports.templates import LOCK_FILE, TemplateRegistry
 
-app = typer.Typer(help="Generate PDF audit reports.", no_args_is_help=True)
+USAGE = 2
+UPGRADE_HINT = "run `d6-reports db upgrade`"
+#: Business ids are 32-bit integers in the database.
+MAX_INT32 = 2**31 - 1
+
+
+class CliError(Exception):
+    """An expected failure: ``message`` is the one line shown after ``error:``."""
+
+    def __init__(self, message: str, exit_code: int = USAGE) -> None:
+        super().__init__(message)
+        self.message = message
+        self.exit_code = exit_code
+
+
+class _OneLineErrors(TyperGroup):
+    """Runs the command; whatever it raised becomes one ``error:`` line and an exit status."""
+
+    def main(  # type: ignore[override]
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        **extra: Any,
+    ) -> Any:
+        try:
+            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except typer.Exit as exc:
+            code = exc.exit_code
+        except typer.Abort:
+            _fail("aborted", 1)
+        except CliError as exc:
+            _fail(exc.message, exc.exit_code)
+        except typer.TyperException as exc:  # usage errors: bad option values, no command...
+            if type(exc).__name__ == "NoArgsIsHelpError":
+                sys.stderr.write(exc.format_message() + "\n")
+                raise SystemExit(USAGE) from None
+            _fail(exc.format_message(), exc.exit_code)
+        except Exception as exc:
+            _fail(*_describe(exc))
+        code = code if isinstance(code, int) else 0
+        if standalone_mode:
+            raise SystemExit(code)
+        return code
+
+
+def _fail(message: str, exit_code: int = USAGE) -> None:
+    sys.stderr.write(f"error: {' '.join(message.split())}\n")
+    sys.stderr.flush()
+    raise SystemExit(exit_code)
+
+
+def _describe(exc: Exception) -> tuple[str, int]:
+    """One line for an unexpected failure: the statement and its values are never shown."""
+    if isinstance(exc, ArgumentError):
+        return f"D6_DATABASE_URL is not a database URL: {exc}", USAGE
+    if isinstance(exc, SQLAlchemyError):
+        orig = getattr(exc, "orig", None) or exc
+        message = (str(orig).strip().splitlines() or [type(orig).__name__])[0]
+        if getattr(orig, "sqlstate", None) in ("42P01", "42703") or "no such" in message:
+            return f"the report database is not migrated ({message}); {UPGRADE_HINT}", USAGE
+        return f"the report database failed: {type(orig).__name__}: {message}", 1
+    if isinstance(exc, OSError):
+        where = f": {exc.filename}" if exc.filename else ""
+        return f"{exc.strerror or type(exc).__name__}{where}", 1
+    first = (str(exc).splitlines() or [""])[0]
+    return f"unexpected {type(exc).__name__}: {first}", 1
+
+
+app = typer.Typer(
+    cls=_OneLineErrors,
+    help="Generate PDF audit reports.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
 db_app = typer.Typer(help="Database schema (Alembic).", no_args_is_help=True)
 templates_app = typer.Typer(help="Report templates and their lock file.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(templates_app, name="templates")
-console = Console(soft_wrap=True)
-err = Console(stderr=True, soft_wrap=True)
+console = Console(soft_wrap=True, highlight=False)
+err = Console(stderr=True, soft_wrap=True, highlight=False)
 
 TemplateOpt = Annotated[str, typer.Option("--template", help="Template name.")]
 VersionOpt = Annotated[
     str | None, typer.Option("--version", help="Template version (default: latest released).")
 ]
+WorkersOpt = Annotated[int, typer.Option(min=1, max=64, help="Worker processes.")]
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"d6-reports {package_version('d6-reports')}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _main(
+    _show_version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
+    """Generate PDF audit reports."""
+
+
+def _start_telemetry() -> None:
+    """Bring up OpenTelemetry (and with it lineage) before anything is generated."""
+    try:
+        start_telemetry()
+    except TelemetryStartError as exc:
+        raise CliError(str(exc)) from exc
+
+
+def _options(template: str, version: str | None) -> GenerationOptions:
+    for what, value in (("--template", template), ("--version", version)):
+        if value is None:
+            continue
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise CliError(f"{what} is not valid UTF-8") from None
+        if len(value) > 100 or not value.isprintable():
+            raise CliError(f"{what} must be at most 100 printable characters")
+    return GenerationOptions(template_name=template, template_version=version)
+
+
+def _safe(url: str) -> str:
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def _database_urls() -> list[str]:
+    """The report database, and the lineage database when ``OTEL_LINEAGE_DATABASE_URL`` names
+    another one (read here: this package never imports the lineage plugin)."""
+    urls = [Settings.from_env().database_url]
+    lineage = os.environ.get("OTEL_LINEAGE_DATABASE_URL")
+    if lineage and make_url(lineage) != make_url(urls[0]):
+        urls.append(lineage)
+    return urls
 
 
 @db_app.command("upgrade")
 def db_upgrade(revision: str = "head") -> None:
-    """Create or migrate the tables (both the service's and the lineage plugin's)."""
-    service = ReportService.from_settings()
-    db.upgrade(service.settings.database_url, revision)
-    console.print(f"database at [bold]{_safe_url(service)}[/] is at {revision}")
+    """Create or migrate the tables of both packages (and the lineage database, when apart)."""
+    for url in _database_urls():
+        db.upgrade(url, revision)
+        console.print(Text(f"database at {_safe(url)} is at {revision}"))
+
+
+def _downgrade_plan(url: str, revision: str) -> list[tuple[str, str]]:
+    """The migrations a downgrade to ``revision`` would revert, newest first, with what each
+    created (its docstring's first line)."""
+    from alembic.runtime.migration import MigrationContext
+    from alembic.script import ScriptDirectory
+    from alembic.util import CommandError
+
+    script = ScriptDirectory.from_config(db.alembic_config(url))
+    try:
+        target = script.get_revision(revision)
+    except CommandError:
+        raise CliError(f"unknown revision {revision[:100]!r}") from None
+    engine = db.make_engine(url)
+    try:
+        with engine.connect() as conn:
+            current = MigrationContext.configure(conn).get_current_heads()
+    finally:
+        engine.dispose()
+    lower = "base" if target is None else target.revision
+    return (
+        [
+            (step.revision, step.doc)
+            for step in script.iterate_revisions(current, lower)
+            if step.revision != lower
+        ]
+        if current
+        else []
+    )
 
 
 @db_app.command("downgrade")
-def db_downgrade(revision: str = "base") -> None:
-    """Revert migrations down to ``revision`` (default: drop everything)."""
-    service = ReportService.from_settings()
-    db.downgrade(service.settings.database_url, revision)
-    console.print(f"database at [bold]{_safe_url(service)}[/] is at {revision}")
+def db_downgrade(
+    revision: Annotated[str, typer.Argument(help="Target revision (e.g. 0002_report_lineage).")],
+    yes: Annotated[bool, typer.Option("--yes", help="I have a backup: drop the data.")] = False,
+) -> None:
+    """Revert migrations down to ``revision``: drops what they created (back up first)."""
+    url = Settings.from_env().database_url
+    reverted = _downgrade_plan(url, revision)
+    if not reverted:
+        console.print(Text(f"database at {_safe(url)} is already at or below {revision}"))
+        return
+    dropped = "; ".join(f"{rev} ({doc})" for rev, doc in reverted)
+    if not yes:
+        raise CliError(
+            f"downgrading to {revision} drops what these migrations created, data included: "
+            f"{dropped}; back up the database, then repeat with --yes"
+        )
+    db.downgrade(url, revision)
+    console.print(Text(f"database at {_safe(url)} is at {revision}; reverted {dropped}"))
 
 
 @app.command("seed-demo")
-def seed_demo_cmd(count: int = 12) -> None:
+def seed_demo_cmd(count: Annotated[int, typer.Option(min=0, max=100_000)] = 12) -> None:
     """Insert deterministic demo businesses and assessments (no-op when data exists)."""
     service = ReportService.from_settings()
-    with service.sessions() as session:
-        ids = seed_demo(session, count=count)
+    try:
+        with service.sessions() as session:
+            ids = seed_demo(session, count=count)
+    finally:
+        service.close()
     console.print(f"{len(ids)} businesses in the database")
 
 
 @app.command()
 def generate(
-    business_id: Annotated[int, typer.Option("--business-id", help="Business to report on.")],
+    business_id: Annotated[
+        int, typer.Option("--business-id", min=0, max=MAX_INT32, help="Business to report on.")
+    ],
     template: TemplateOpt = DEFAULT_TEMPLATE,
     version: VersionOpt = None,
     json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
     """Generate one report; exit status 1 when it failed."""
+    options = _options(template, version)
+    _start_telemetry()
     service = ReportService.from_settings()
-    result = service.generator.generate_report_sync(
-        business_id, GenerationOptions(template_name=template, template_version=version)
-    )
+    try:
+        result = service.generator.generate_report_sync(business_id, options)
+    finally:
+        service.close()
     if json:
         typer.echo(orjson.dumps(result, default=str, option=orjson.OPT_INDENT_2).decode())
     elif result.success:
         console.print(
-            f"[green]completed[/] {result.generation_id}: {result.pages} pages, {result.pdf_path}"
+            Text.assemble(
+                ("completed", "green"),
+                f" {result.generation_id}: {result.pages} pages, {result.pdf_path}",
+            )
         )
         for warning in result.warnings:
-            console.print(f"[yellow]warning:[/] {warning}")
+            console.print(Text.assemble(("warning: ", "yellow"), str(warning)))
     else:
         err.print(
-            f"[red]failed[/] {result.generation_id}: {result.error_type}: {result.error_message}"
+            Text.assemble(
+                ("failed", "red"),
+                f" {result.generation_id}: {result.error_type}: {result.error_message}",
+            )
         )
     raise typer.Exit(0 if result.success else 1)
 
@@ -96,50 +293,73 @@ def generate(
 def generate_all(
     template: TemplateOpt = DEFAULT_TEMPLATE,
     version: VersionOpt = None,
-    workers: Annotated[int, typer.Option(min=1, help="Worker processes.")] = 1,
+    workers: WorkersOpt = 1,
+    json: Annotated[bool, typer.Option("--json", help="Print every result as JSON.")] = False,
 ) -> None:
-    """Generate a report for every business; exit status 1 when any failed."""
-    items = _generate_all(GenerationOptions(template, version), workers)
-    failed = [i for i in items if not i.success]
-    for item in failed:
-        err.print(
-            f"[red]failed[/] business {item.business_id}: {item.error_type}: {item.error_message}"
+    """Generate a report for every business; exit status 1 when any failed (the rest go on)."""
+    options = _options(template, version)
+    _start_telemetry()
+    started = time.perf_counter()
+    items = _generate_all(options, workers, progress=not json)
+    elapsed = time.perf_counter() - started
+    if json:
+        ordered = sorted(items, key=lambda i: i.business_id)
+        document = {"reports": len(items), "failed": sum(not i.success for i in items)}
+        typer.echo(
+            orjson.dumps({**document, "results": ordered}, option=orjson.OPT_INDENT_2).decode()
         )
-    raise typer.Exit(1 if failed else 0)
+    else:
+        _summary(items, "Reports", elapsed)
+    raise typer.Exit(0 if all(i.success for i in items) else 1)
 
 
 @app.command()
-def demo(
-    workers: Annotated[int, typer.Option(min=1, help="Worker processes.")] = 1,
-) -> None:
+def demo(workers: WorkersOpt = 1) -> None:
     """Upgrade the database, seed demo data, generate every report and summarise."""
+    _start_telemetry()
+    for url in _database_urls():
+        db.upgrade(url)
     service = ReportService.from_settings()
-    db.upgrade(service.settings.database_url)
-    with service.sessions() as session:
-        seed_demo(session)
+    try:
+        with service.sessions() as session:
+            seed_demo(session)
+    finally:
+        service.close()
     started = time.perf_counter()
     items = _generate_all(GenerationOptions(), workers)
-    elapsed = time.perf_counter() - started
-    table = Table(title="Demo reports")
-    for column in ("business", "status", "pages", "ms", "file"):
-        table.add_column(column)
-    for item in sorted(items, key=lambda i: i.business_id):
-        table.add_row(
-            str(item.business_id),
-            "[green]completed[/]" if item.success else f"[red]{item.error_type}[/]",
-            str(item.pages or ""),
-            f"{item.duration_ms:.0f}",
-            _relative(item.pdf_path) if item.pdf_path else (item.error_message or ""),
-        )
-    console.print(table)
-    pages = sum(i.pages or 0 for i in items)
+    _summary(items, "Demo reports", time.perf_counter() - started)
     console.print(
-        f"{sum(i.success for i in items)}/{len(items)} reports, {pages} pages in "
-        f"{elapsed:.1f} s; PDFs under [bold]{service.settings.reports_dir}[/], "
-        f"rows in [bold]{_safe_url(service)}[/]"
+        Text(
+            f"PDFs under {service.settings.reports_dir}, "
+            f"rows in {_safe(service.settings.database_url)}"
+        )
     )
     if not all(i.success for i in items):
         raise typer.Exit(1)
+
+
+def _summary(items: list[BatchItem], title: str, elapsed_s: float) -> None:
+    """The table of a batch (printed whether or not stdout is a terminal) and its totals."""
+    table = Table(title=title)
+    for column in ("business", "status", "pages", "ms", "file or error"):
+        table.add_column(column, overflow="fold")
+    for item in sorted(items, key=lambda i: i.business_id):
+        table.add_row(
+            Text(str(item.business_id)),
+            Text("completed", "green") if item.success else Text(str(item.error_type), "red"),
+            Text(str(item.pages or "")),
+            Text(f"{item.duration_ms:.0f}"),
+            Text(_relative(item.pdf_path) if item.pdf_path else (item.error_message or "")),
+        )
+    console.print(table)
+    failed = sum(not i.success for i in items)
+    pages = sum(i.pages or 0 for i in items)
+    console.print(
+        Text(
+            f"{len(items) - failed}/{len(items)} reports, {failed} failed, {pages} pages "
+            f"in {elapsed_s:.1f} s"
+        )
+    )
 
 
 @templates_app.command("list")
@@ -180,7 +400,9 @@ def templates_lock(
     console.print(f"wrote {path}")
 
 
-def _generate_all(options: GenerationOptions, workers: int) -> list[BatchItem]:
+def _generate_all(
+    options: GenerationOptions, workers: int, *, progress: bool = True
+) -> list[BatchItem]:
     service = ReportService.from_settings()
     with service.sessions() as session:
         ids = list(session.scalars(select(Business.id).order_by(Business.id)))
@@ -190,21 +412,18 @@ def _generate_all(options: GenerationOptions, workers: int) -> list[BatchItem]:
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
-        console=console,
-        transient=not console.is_terminal,
-    ) as progress:
-        task = progress.add_task("generating", total=len(ids))
+        console=err,
+        transient=True,
+        disable=not progress,
+    ) as bar:
+        task = bar.add_task("generating", total=len(ids))
         for item in run_batch(
             ids, options, workers=workers, service=service if workers == 1 else None
         ):
             items.append(item)
-            progress.advance(task)
+            bar.advance(task)
     service.close()
     return items
-
-
-def _safe_url(service: ReportService) -> str:
-    return service.engine.url.render_as_string(hide_password=True)
 
 
 def _relative(path: str) -> str:

@@ -1,16 +1,22 @@
 """``otel-lineage``: audit lineage capture and look at one report's lineage.
 
-``<report-id>`` is always the ``ReportGeneration`` id. The lineage database comes from
-``OTEL_LINEAGE_DATABASE_URL`` (default: the report database, ``D6_DATABASE_URL``); the
-report database for the audit from ``D6_DATABASE_URL``.
+``<report-id>`` is always the ``ReportGeneration`` id, or a unique prefix of it. The lineage
+database comes from ``OTEL_LINEAGE_DATABASE_URL`` (default: the report database,
+``D6_DATABASE_URL``); the report database for the audit from ``D6_DATABASE_URL``.
+
+Every command fails in one ``error: ...`` line (see ``cli_support``), never creates a database
+file, and gives up on a database that does not answer within ``--db-timeout`` seconds.
 """
 
 from __future__ import annotations
 
 import hashlib
+import stat
 import sys
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from importlib.metadata import version as package_version
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -18,18 +24,33 @@ import orjson
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 from sqlalchemy import Engine
-from sqlalchemy.exc import SQLAlchemyError
 
-from otel_lineage.configuration import create_lineage_engine
+from otel_lineage.cli_support import (
+    MAX_ID,
+    CliError,
+    OneLineErrors,
+    check_text,
+    label_engine,
+    text,
+    write_output,
+)
+from otel_lineage.engines import MissingDatabaseError, create_lineage_engine, sqlite_path
 from otel_lineage.exports import TraceUnavailableError, span_tree, to_jaeger, to_otlp_json
+from otel_lineage.openlineage import check_endpoint, run_events
 from otel_lineage.openlineage import emit as emit_events
-from otel_lineage.openlineage import run_events
-from otel_lineage.outbox import OutboxHandOff, inspect_outboxes, pending_generation_ids
+from otel_lineage.outbox import (
+    OutboxHandOff,
+    inspect_outboxes,
+    open_reports,
+    pending_generation_ids,
+)
 from otel_lineage.query import (
     LineageNotFoundError,
     ListFilter,
     audit,
+    generations_by_pdf,
     get_row,
     inputs_summary,
     latest_report_id,
@@ -38,121 +59,267 @@ from otel_lineage.query import (
     rows_by_output,
     step_stats,
 )
-from otel_lineage.retention import prune
+from otel_lineage.recovery import QuarantinedItem, inspect_quarantine, mark_abandoned
+from otel_lineage.retention import MAX_AGE_DAYS, prune
 from otel_lineage.settings import MEMORY_OUTBOX, LineageSettings
 from otel_lineage.store import LineageStore
 from otel_lineage.verify import VerifyError, stored_snapshot, verify
 
-app = typer.Typer(help="Report lineage: audit capture, show one report.", no_args_is_help=True)
+app = typer.Typer(
+    cls=OneLineErrors,
+    help="Report lineage: audit capture, show one report.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
 outbox_app = typer.Typer(help="The local outbox of lineage records.", no_args_is_help=True)
 app.add_typer(outbox_app, name="outbox")
-console = Console(soft_wrap=True)
-err = Console(stderr=True, soft_wrap=True)
+console = Console(soft_wrap=True, highlight=False)
+err = Console(stderr=True, soft_wrap=True, highlight=False)
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
+ForceOpt = Annotated[bool, typer.Option("--force", help="Overwrite an existing file.")]
+SinceOpt = Annotated[str | None, typer.Option(help="At/after this time (ISO 8601).")]
+UntilOpt = Annotated[str | None, typer.Option(help="Before this time (ISO 8601).")]
+ReportIdArg = Annotated[str, typer.Argument(help="ReportGeneration id (or a unique prefix).")]
+#: Largest file ``identify`` hashes (the biggest demo report is well under 1 MB).
+MAX_PDF_BYTES = 512 << 20
+_CHUNK = 1 << 20
+#: Largest business id (the column is a 32-bit integer).
+MAX_INT32 = 2**31 - 1
 
 
-def _lineage_engine() -> Engine:
-    return create_lineage_engine(LineageSettings.from_env().database_url)
+@dataclass
+class _Options:
+    db_timeout_s: float = 30.0
 
 
-def _reports_engine() -> Engine:
-    return create_lineage_engine(LineageSettings.from_env().reports_database_url)
+_options = _Options()
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"otel-lineage {package_version('d6-reports')}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _main(
+    db_timeout: Annotated[
+        float,
+        typer.Option(
+            "--db-timeout",
+            min=1,
+            max=3600,
+            help="Seconds to wait for a database connection and for each statement.",
+        ),
+    ] = 30.0,
+    _show_version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
+    """Report lineage: audit capture, show one report."""
+    _options.db_timeout_s = db_timeout
+
+
+# -- settings, engines, parsing ------------------------------------------------------------------
+
+
+def _settings() -> LineageSettings:
+    try:
+        return LineageSettings.from_env()
+    except ValueError as exc:  # LineageConfigError: one line naming the variable
+        raise CliError(str(exc)) from exc
+
+
+def _engine(which: str, *, write: bool = False) -> Engine:
+    """The lineage (or report) database engine: never creates a file, always has deadlines."""
+    settings = _settings()
+    url = settings.database_url if which == "lineage" else settings.reports_database_url
+    path = sqlite_path(url)
+    if write and path is not None and not path.is_file():
+        raise MissingDatabaseError(f"no database at {path}; run `d6-reports db upgrade`")
+    timeout = _options.db_timeout_s
+    engine = create_lineage_engine(
+        url, connect_timeout_s=timeout, statement_timeout_s=timeout, read_only=not write
+    )
+    return label_engine(engine, which if which == "lineage" else "report", timeout)
 
 
 def _dump(value: Any) -> None:
     typer.echo(orjson.dumps(value, option=orjson.OPT_INDENT_2, default=str).decode())
 
 
-def _parse_since(text: str | None) -> datetime | None:
-    if text is None:
+def _parse_time(value: str | None, option: str) -> datetime | None:
+    if value is None:
         return None
+    check_text(value, option, 64)
     try:
-        parsed = datetime.fromisoformat(text)
-    except ValueError as exc:
-        raise typer.BadParameter(f"not an ISO 8601 time: {text!r}") from exc
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise CliError(f"{option}: not an ISO 8601 time: {value!r}") from None
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def _trace_id(value: str | None, option: str) -> str | None:
+    """A W3C trace id: 32 hex digits."""
+    if value is None:
+        return None
+    check_text(value, option, 64)
+    if len(value) != 32 or any(ch not in "0123456789abcdefABCDEF" for ch in value):
+        raise CliError(f"{option}: not a trace id (32 hex digits): {value!r}")
+    return value.lower()
+
+
+def _report_id(value: str) -> str:
+    check_text(value, "report id", MAX_ID)
+    return value
+
+
+def _row_or_exit(report_id: str) -> dict[str, Any]:
+    try:
+        return get_row(_engine("lineage"), _report_id(report_id))
+    except LookupError as exc:  # not found, or an ambiguous prefix
+        raise CliError(str(exc), 1) from exc
+
+
+def _outbox_dir() -> Path | None:
+    outbox = _settings().outbox
+    return None if outbox == MEMORY_OUTBOX else Path(outbox)
+
+
+def _waiting_in_outbox(directory: Path | None) -> dict[str, Path]:
+    return pending_generation_ids(directory) if directory and directory.is_dir() else {}
+
+
+def _open_reports(directory: Path | None) -> dict[str, bool]:
+    """Report ids marked open in the outbox -> whether their process lives (contract 3)."""
+    return open_reports(directory) if directory is not None and directory.is_dir() else {}
+
+
+def _quarantine(directory: Path | None) -> list[QuarantinedItem]:
+    return inspect_quarantine(directory) if directory and directory.is_dir() else []
+
+
+def _quarantine_line(items: list[QuarantinedItem], directory: Path | None) -> Text:
+    records = sum(item.kind == "record" for item in items)
+    return Text(
+        f"quarantined: {records} records, {len(items) - records} outbox files "
+        f"under {directory}/quarantine (kept, never deleted; see `otel-lineage outbox status`)",
+        style="yellow",
+    )
+
+
+# -- audit ---------------------------------------------------------------------------------------
 
 
 @app.command("audit")
 def audit_cmd(
-    since: Annotated[
-        str | None, typer.Option(help="Only reports requested at/after (ISO).")
-    ] = None,
+    since: Annotated[str | None, typer.Option(help="Reports requested at/after (ISO).")] = None,
+    until: Annotated[str | None, typer.Option(help="Reports requested before (ISO).")] = None,
+    limit: Annotated[
+        int, typer.Option(min=0, max=100_000, help="Missing/incomplete reports listed at most.")
+    ] = 50,
     json: JsonOpt = False,
 ) -> None:
     """Reconcile report generations with lineage rows; exit 1 below 100% capture."""
-    waiting = _waiting_in_outbox()
-    try:
-        report = audit(
-            _reports_engine(), _lineage_engine(), since=_parse_since(since), waiting=waiting
-        )
-    except SQLAlchemyError as exc:
-        err.print(f"[red]cannot read the databases:[/] {exc.__class__.__name__}: {exc}")
-        raise typer.Exit(2) from exc
+    directory = _outbox_dir()
+    report = audit(
+        _engine("reports"),
+        _engine("lineage"),
+        since=_parse_time(since, "--since"),
+        until=_parse_time(until, "--until"),
+        waiting=_waiting_in_outbox(directory),
+        open_reports=_open_reports(directory),
+    )
+    quarantined = _quarantine(directory)
     if json:
-        _dump(report.as_dict())
-    else:
-        finished = report.generations - report.in_flight
-        colour = "green" if report.capture_rate >= 1.0 else "red"
-        console.print(
-            f"capture rate [{colour}]{report.capture_rate:.2%}[/] "
-            f"({report.with_lineage}/{finished} finished reports have lineage; "
-            f"{report.in_flight} in flight)"
+        _dump({**report.as_dict(limit), "quarantine": [_quarantined(q) for q in quarantined]})
+        raise typer.Exit(0 if report.capture_rate >= 1.0 else 1)
+    finished = report.generations - report.in_flight
+    console.print(
+        Text.assemble(
+            "capture rate ",
+            (f"{report.capture_rate:.2%}", "green" if report.capture_rate >= 1.0 else "red"),
+            f" ({report.with_lineage}/{finished} finished reports have lineage; "
+            f"{report.in_flight} in progress, {report.abandoned} abandoned)",
         )
-        console.print(
+    )
+    others = ", ".join(f"{k} {v}" for k, v in report.counters.items() if k != "pending")
+    console.print(
+        text(
             f"incomplete rows: {len(report.incomplete)}; pending hand-offs: "
-            f"{report.counters.get('pending', 0)}; "
-            + ", ".join(f"{k} {v}" for k, v in report.counters.items() if k != "pending")
-            + f" (over {report.processes} processes)"
+            f"{report.counters.get('pending', 0)}; {others} (over {report.processes} processes)"
         )
-        if report.missing:
-            table = Table(title="Reports without lineage")
-            for name in ("report_generation_id", "status", "requested_at", "trace_id", "why"):
-                table.add_column(name, overflow="fold")
-            for item in report.missing[:50]:
-                table.add_row(*(str(item[k] or "") for k in item))
-            console.print(table)
-            if report.counters.get("dropped") or report.counters.get("evicted"):
-                console.print(
-                    "[yellow]lineage records were dropped or evicted; see the counters above[/]"
-                )
-        for item in report.incomplete[:50]:
+    )
+    if quarantined:
+        console.print(_quarantine_line(quarantined, directory))
+    if report.missing:
+        shown = report.missing[:limit]
+        table = Table(title=f"Reports without lineage ({len(shown)} of {len(report.missing)})")
+        for name in ("report_generation_id", "status", "requested_at", "trace_id", "why"):
+            table.add_column(name, overflow="fold")
+        for item in shown:
+            table.add_row(*(text(item[k] or "") for k in item))
+        console.print(table)
+        if report.counters.get("dropped") or report.counters.get("evicted"):
             console.print(
-                f"[yellow]incomplete[/] {item['report_generation_id']}: "
-                f"{', '.join(item['reasons'])}"
+                text("lineage records were dropped or evicted; see the counters above"),
+                style="yellow",
             )
+    for item in report.incomplete[:limit]:
+        console.print(
+            Text.assemble(
+                ("incomplete ", "yellow"),
+                f"{item['report_generation_id']}: {', '.join(item['reasons'])}",
+            )
+        )
     raise typer.Exit(0 if report.capture_rate >= 1.0 else 1)
+
+
+def _quarantined(item: QuarantinedItem) -> dict[str, object]:
+    return {
+        "path": str(item.path),
+        "kind": item.kind,
+        "reason": item.reason,
+        "bytes": item.bytes,
+        "quarantined_at": datetime.fromtimestamp(item.quarantined_at, UTC).isoformat(),
+    }
+
+
+# -- one report ----------------------------------------------------------------------------------
 
 
 @app.command("show")
 def show(
-    report_id: Annotated[str | None, typer.Argument(help="ReportGeneration id.")] = None,
+    report_id: Annotated[
+        str | None, typer.Argument(help="ReportGeneration id (or a unique prefix).")
+    ] = None,
     latest: Annotated[bool, typer.Option("--latest", help="The most recent report.")] = False,
     json: JsonOpt = False,
 ) -> None:
     """One report's lineage: status, hashes, steps, inputs summary."""
     if (report_id is None) == (not latest):
-        err.print("[red]give a report id or --latest (not both)[/]")
-        raise typer.Exit(2)
+        raise CliError("give a report id or --latest (not both)")
     if report_id is None:
         try:
-            report_id = latest_report_id(_lineage_engine())
+            report_id = latest_report_id(_engine("lineage"))
         except LineageNotFoundError as exc:
-            err.print(f"[red]{exc}[/]")
-            raise typer.Exit(1) from exc
+            raise CliError(str(exc), 1) from exc
     row = _row_or_exit(report_id)
     try:
         inputs = inputs_summary(row)
     except Exception as exc:  # a corrupt blob is reported, never fatal to showing the row
         inputs = {"stored": True, "error": f"{type(exc).__name__}: {exc}"}
-    jaeger = LineageSettings.from_env().jaeger_url
-    trace_url = (
-        f"{jaeger.rstrip('/')}/trace/{row['trace_id']}" if jaeger and row["sampled"] else None
-    )
+    exported = row.get("exported")
+    jaeger = _settings().jaeger_url
+    trace_url = f"{jaeger.rstrip('/')}/trace/{row['trace_id']}" if jaeger and exported else None
     if json:
         _dump({**public_row(row), "inputs": inputs, "jaeger_url": trace_url})
         return
-    summary = Table(title=f"Lineage of report {report_id}", show_header=False)
+    export = {True: "exported", False: "not exported", None: "export not recorded"}[exported]
+    summary = Table(title=f"Lineage of report {row['report_generation_id']}", show_header=False)
     summary.add_column("field", style="bold")
     summary.add_column("value", overflow="fold")
     status = row["status"] if row["complete"] else f"{row['status']} (INCOMPLETE)"
@@ -172,32 +339,49 @@ def show(
             "output",
             f"{row['output_pages']} pages, {row['output_bytes']} bytes, {row['output_uri']}",
         ),
-        ("trace", f"{row['trace_id']} ({'exported' if row['sampled'] else 'not exported'})"),
+        ("trace", f"{row['trace_id']} ({export})"),
         ("jaeger", trace_url or "-"),
         ("started", row["started_at"]),
         ("duration", f"{row['duration_ms']} ms, {row['span_count']} spans"),
         ("service", f"{row['service_name']} {row['service_version'] or ''}"),
     ):
-        summary.add_row(label, str(value))
+        summary.add_row(label, text(value))
     console.print(summary)
     steps = Table(title="Steps")
     for name in ("step", "start +ms", "duration ms", "status"):
         steps.add_column(name)
     for step in row["steps"]:
         steps.add_row(
-            step["name"],
-            str(step["start_offset_ms"]),
-            str(step["duration_ms"]),
-            step["status"] + (f" ({step['error_type']})" if step.get("error_type") else ""),
+            text(step["name"]),
+            text(step["start_offset_ms"]),
+            text(step["duration_ms"]),
+            text(step["status"] + (f" ({step['error_type']})" if step.get("error_type") else "")),
         )
     console.print(steps)
 
 
+def _inputs_line(inputs: dict[str, Any]) -> str:
+    if not inputs.get("stored"):
+        return "snapshot not stored"
+    if "error" in inputs:
+        return f"snapshot unreadable: {inputs['error']}"
+    check = "verified" if inputs["sha256_matches"] else "DIGEST MISMATCH"
+    return (
+        f"{inputs['bytes']} bytes ({inputs['compressed_bytes']} stored), sha256 {check}; "
+        f"business {inputs.get('business_name')!r}, {inputs.get('findings')} findings"
+    )
+
+
+# -- outbox and recovery -------------------------------------------------------------------------
+
+
 @outbox_app.command("status")
 def outbox_status(json: JsonOpt = False) -> None:
-    """Outbox files under OTEL_LINEAGE_OUTBOX: records waiting, age, whether the owner lives."""
+    """Outbox files under OTEL_LINEAGE_OUTBOX: records waiting, age, owner, quarantine."""
     directory = _outbox_dir()
-    files = inspect_outboxes(directory) if directory else []
+    present = directory is not None and directory.is_dir()
+    files = inspect_outboxes(directory) if directory is not None and present else []
+    quarantined = _quarantine(directory)
     now = time.time()
     listed = [
         {
@@ -210,86 +394,115 @@ def outbox_status(json: JsonOpt = False) -> None:
         for f in files
     ]
     if json:
-        _dump(listed)
+        _dump({"files": listed, "quarantine": [_quarantined(q) for q in quarantined]})
         return
     if directory is None:
         console.print("the outbox is in memory (OTEL_LINEAGE_OUTBOX=memory): nothing on disk")
         return
-    table = Table(title=f"Lineage outbox {directory}")
+    table = Table(title=text(f"Lineage outbox {directory}"))
     for name in ("file", "records", "bytes", "oldest (s)", "owner"):
         table.add_column(name)
     for item in listed:
         table.add_row(
-            Path(str(item["path"])).name,
-            str(item["records"]),
-            str(item["bytes"]),
-            str(item["oldest_age_s"] or "-"),
-            "alive" if item["owner_alive"] else "[yellow]dead: flush to ship[/]",
+            text(Path(str(item["path"])).name),
+            text(item["records"]),
+            text(item["bytes"]),
+            text(item["oldest_age_s"] or "-"),
+            Text("alive") if item["owner_alive"] else Text("dead: flush to ship", "yellow"),
         )
     console.print(table)
     console.print(f"{sum(f.records for f in files)} records waiting in {len(files)} files")
+    if quarantined:
+        console.print(_quarantine_line(quarantined, directory))
+        held = Table(title="Quarantine")
+        for name in ("file", "kind", "bytes", "since", "reason"):
+            held.add_column(name, overflow="fold")
+        for q in quarantined:
+            when = datetime.fromtimestamp(q.quarantined_at, UTC).isoformat(timespec="seconds")
+            held.add_row(text(q.path.name), text(q.kind), text(q.bytes), text(when), text(q.reason))
+        console.print(held)
 
 
 @outbox_app.command("flush")
 def outbox_flush() -> None:
-    """Ship the records of dead processes' outboxes to the lineage database now."""
+    """Ship the records of dead processes' outboxes now; mark their abandoned reports failed."""
+    _recover_and_ship()
+
+
+@app.command("recover")
+def recover_cmd() -> None:
+    """Mark reports whose process died mid-report failed; ship what dead processes left.
+
+    The same as ``outbox flush``: adopting a dead process's outbox is what reveals its
+    abandoned reports, so the two always go together.
+    """
+    _recover_and_ship()
+
+
+def _recover_and_ship() -> None:
     directory = _outbox_dir()
     if directory is None:
-        err.print("the outbox is in memory: there is nothing on disk to flush")
-        raise typer.Exit(2)
-    settings = LineageSettings.from_env()
+        raise CliError("the outbox is in memory: there is nothing on disk to flush or recover")
+    settings = _settings()
+    lineage = _engine("lineage", write=True)
+    reports = _engine("reports", write=True)
+    with lineage.connect():  # "wrote 0" from a database that is down would be a lie
+        pass
+    dead = [rid for rid, alive in _open_reports(directory).items() if not alive]
     box = OutboxHandOff(directory, max_records=settings.max_pending)
-    store = LineageStore(create_lineage_engine(settings.database_url))
-    adopted = box.recover()
+    store = LineageStore(lineage)
     written = 0
     try:
+        adopted = box.recover()
         while batch := box.take(settings.batch_size, 0):
             store.upsert([item.record for item in batch])
             box.ack(batch)
             written += len(batch)
-    except SQLAlchemyError as exc:
-        err.print(f"[red]lineage database unreachable; {box.pending()} records kept:[/] {exc}")
-        raise typer.Exit(1) from exc
-    finally:
+        marked = mark_abandoned(reports, dead)
+    finally:  # records not written stay in the outbox for the next flush
         box.close()
-        store.engine.dispose()
-    console.print(f"adopted {adopted} records from dead processes, wrote {written}")
+        lineage.dispose()
+        reports.dispose()
+    console.print(
+        f"adopted {adopted} records from dead processes, wrote {written}; "
+        f"marked {marked} abandoned reports failed"
+    )
 
 
-def _outbox_dir() -> Path | None:
-    outbox = LineageSettings.from_env().outbox
-    return None if outbox == MEMORY_OUTBOX else Path(outbox)
-
-
-def _waiting_in_outbox() -> dict[str, Path]:
-    directory = _outbox_dir()
-    return pending_generation_ids(directory) if directory and directory.is_dir() else {}
+# -- queries -------------------------------------------------------------------------------------
 
 
 @app.command("list")
 def list_cmd(
-    business: Annotated[int | None, typer.Option(help="Business id.")] = None,
+    business: Annotated[int | None, typer.Option(min=0, max=MAX_INT32, help="Business id.")] = None,
     template: Annotated[str | None, typer.Option(help="Template name.")] = None,
     version: Annotated[str | None, typer.Option(help="Template version.")] = None,
     status: Annotated[str | None, typer.Option(help="completed or failed.")] = None,
     since: Annotated[str | None, typer.Option(help="Started at/after (ISO).")] = None,
     until: Annotated[str | None, typer.Option(help="Started before (ISO).")] = None,
     incomplete: Annotated[bool, typer.Option("--incomplete", help="Incomplete only.")] = False,
+    caller_trace: Annotated[
+        str | None,
+        typer.Option("--caller-trace", help="Trace id of the request that asked for reports."),
+    ] = None,
     limit: Annotated[int, typer.Option(min=1, max=10_000)] = 50,
-    page: Annotated[int, typer.Option(min=1, help="Page number (of --limit rows).")] = 1,
+    page: Annotated[
+        int, typer.Option(min=1, max=1_000_000, help="Page number (of --limit rows).")
+    ] = 1,
     json: JsonOpt = False,
 ) -> None:
     """Lineage rows, newest first, filtered and paginated."""
     where = ListFilter(
         business_id=business,
-        template_name=template,
-        template_version=version,
-        status=status,
-        since=_parse_since(since),
-        until=_parse_since(until),
+        template_name=check_text(template, "--template"),
+        template_version=check_text(version, "--version"),
+        status=check_text(status, "--status"),
+        since=_parse_time(since, "--since"),
+        until=_parse_time(until, "--until"),
         incomplete_only=incomplete,
+        caller_trace_id=_trace_id(caller_trace, "--caller-trace"),
     )
-    rows, total = list_rows(_lineage_engine(), where, limit=limit, offset=(page - 1) * limit)
+    rows, total = list_rows(_engine("lineage"), where, limit=limit, offset=(page - 1) * limit)
     if json:
         _dump({"total": total, "page": page, "limit": limit, "rows": rows})
         return
@@ -298,14 +511,14 @@ def list_cmd(
         table.add_column(name, overflow="fold")
     for row in rows:
         table.add_row(
-            str(row["report_generation_id"]),
-            str(row["business_id"]),
-            f"{row['template_name']} {row['template_version']}",
-            row["status"] + ("" if row["complete"] else " [yellow](incomplete)[/]"),
-            row["started_at"].isoformat(timespec="seconds"),
-            f"{row['duration_ms']:.0f}" if row["duration_ms"] is not None else "-",
-            str(row["output_pages"] or "-"),
-            row["trace_id"],
+            text(row["report_generation_id"]),
+            text(row["business_id"]),
+            text(f"{row['template_name']} {row['template_version']}"),
+            Text.assemble(row["status"], ("" if row["complete"] else " (incomplete)", "yellow")),
+            text(row["started_at"].isoformat(timespec="seconds")),
+            text(f"{row['duration_ms']:.0f}" if row["duration_ms"] is not None else "-"),
+            text(row["output_pages"] or "-"),
+            text(row["trace_id"]),
         )
     console.print(table)
 
@@ -316,59 +529,94 @@ def identify(
     json: JsonOpt = False,
 ) -> None:
     """Which report, generation and lineage produced this PDF (by its sha256)."""
-    try:
-        data = pdf.read_bytes()
-    except OSError as exc:
-        err.print(f"[red]cannot read {pdf}: {exc.strerror}[/]")
-        raise typer.Exit(1) from exc
-    if not data.startswith(b"%PDF-"):
-        err.print(f"[red]{pdf} is not a PDF (it does not start with %PDF-)[/]")
-        raise typer.Exit(1)
-    digest = hashlib.sha256(data).hexdigest()
-    rows = rows_by_output(_lineage_engine(), digest)
+    digest = _pdf_sha256(pdf)
+    rows = rows_by_output(_engine("lineage"), digest)
+    without = [] if rows else generations_by_pdf(_engine("reports"), digest)
     if json:
-        _dump({"sha256": digest, "matches": rows})
-    if not rows:
-        err.print(f"[red]no report produced a PDF with sha256 {digest}[/]")
-        raise typer.Exit(1)
-    if not json:
+        _dump({"sha256": digest, "matches": rows, "generations_without_lineage": without})
+    elif rows:
         console.print(f"sha256 {digest}: produced by {len(rows)} report(s)")
         for row in rows:
             console.print(
-                f"  report [bold]{row['report_generation_id']}[/], business "
-                f"{row['business_id']}, {row['template_name']} {row['template_version']}, "
-                f"{row['started_at'].isoformat(timespec='seconds')}, inputs "
-                f"{row['inputs_sha256']}, trace {row['trace_id']}"
+                text(
+                    f"  report {row['report_generation_id']}, business "
+                    f"{row['business_id']}, {row['template_name']} {row['template_version']}, "
+                    f"{row['started_at'].isoformat(timespec='seconds')}, inputs "
+                    f"{row['inputs_sha256']}, trace {row['trace_id']}"
+                )
             )
+    for generation in without if not json else []:
+        console.print(
+            text(
+                f"sha256 {digest}: no lineage row, but report {generation['id']} (business "
+                f"{generation['business_id']}, {generation['template_name']} "
+                f"{generation['template_version']}, requested "
+                f"{generation['requested_at'].isoformat(timespec='seconds')}) produced this "
+                "PDF (generated without lineage)"
+            )
+        )
+    if not rows and not without:
+        raise CliError(f"unknown PDF: no report produced a PDF with sha256 {digest}", 1)
+    if not rows:
+        raise typer.Exit(1)
+
+
+def _pdf_sha256(pdf: Path) -> str:
+    """The sha256 of a PDF file, read in chunks; refuses devices, directories, huge files."""
+    try:
+        info = pdf.stat()
+    except OSError as exc:
+        raise CliError(f"cannot read {pdf}: {exc.strerror}", 1) from exc
+    if not stat.S_ISREG(info.st_mode):
+        raise CliError(f"{pdf} is not a regular file")
+    if info.st_size > MAX_PDF_BYTES:
+        raise CliError(f"{pdf} is larger than {MAX_PDF_BYTES >> 20} MiB: not one of our reports")
+    digest = hashlib.sha256()
+    read = 0
+    try:
+        with open(pdf, "rb") as handle:
+            while chunk := handle.read(_CHUNK):
+                if read == 0 and not chunk.startswith(b"%PDF-"):
+                    raise CliError(f"{pdf} is not a PDF (it does not start with %PDF-)", 1)
+                read += len(chunk)
+                if read > MAX_PDF_BYTES:  # grew while we read it
+                    raise CliError(f"{pdf} is larger than {MAX_PDF_BYTES >> 20} MiB")
+                digest.update(chunk)
+    except OSError as exc:
+        raise CliError(f"cannot read {pdf}: {exc.strerror}", 1) from exc
+    if read == 0:
+        raise CliError(f"{pdf} is empty: not a PDF", 1)
+    return digest.hexdigest()
 
 
 @app.command("inputs")
 def inputs_cmd(
-    report_id: Annotated[str, typer.Argument(help="ReportGeneration id.")],
+    report_id: ReportIdArg,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Write to a file.")] = None,
+    force: ForceOpt = False,
 ) -> None:
     """The input snapshot of a report, byte-exact (checked against its recorded sha256)."""
     row = _row_or_exit(report_id)
     try:
         data = stored_snapshot(row)
     except VerifyError as exc:
-        err.print(f"[red]{exc}[/]")
-        raise typer.Exit(1) from exc
+        raise CliError(str(exc), 1) from exc
     if output is None:
         sys.stdout.buffer.write(data)
         sys.stdout.buffer.flush()
-    else:
-        output.write_bytes(data)
-        err.print(f"wrote {len(data)} bytes (sha256 {row['inputs_sha256']}) to {output}")
+        return
+    write_output(output, data, force=force)
+    err.print(text(f"wrote {len(data)} bytes (sha256 {row['inputs_sha256']}) to {output}"))
 
 
 @app.command("stats")
-def stats(
-    since: Annotated[str | None, typer.Option(help="Started at/after (ISO).")] = None,
-    json: JsonOpt = False,
-) -> None:
+def stats(since: SinceOpt = None, until: UntilOpt = None, json: JsonOpt = False) -> None:
     """Per template version: reports, failure rate, p50/p95 of each step."""
-    groups = step_stats(_lineage_engine(), since=_parse_since(since))
+    groups = step_stats(
+        _engine("lineage"),
+        since=_parse_time(since, "--since"),
+        until=_parse_time(until, "--until"),
+    )
     if json:
         _dump(groups)
         return
@@ -380,35 +628,37 @@ def stats(
         first = True
         for step, figures in group["steps"].items() or [("-", {"p50_ms": "-", "p95_ms": "-"})]:
             table.add_row(
-                label if first else "",
-                str(group["count"]) if first else "",
-                str(group["failed"]) if first else "",
-                f"{group['failure_rate']:.1%}" if first else "",
-                step,
-                str(figures["p50_ms"]),
-                str(figures["p95_ms"]),
+                text(label if first else ""),
+                text(group["count"] if first else ""),
+                text(group["failed"] if first else ""),
+                text(f"{group['failure_rate']:.1%}" if first else ""),
+                text(step),
+                text(figures["p50_ms"]),
+                text(figures["p95_ms"]),
             )
             first = False
     console.print(table)
 
 
 @app.command("verify")
-def verify_cmd(
-    report_id: Annotated[str, typer.Argument(help="ReportGeneration id.")],
-    json: JsonOpt = False,
-) -> None:
+def verify_cmd(report_id: ReportIdArg, json: JsonOpt = False) -> None:
     """Re-render from the stored snapshot and template version; exit 1 on any difference."""
     row = _row_or_exit(report_id)
     try:
         result = verify(row)
     except VerifyError as exc:
-        err.print(f"[red]cannot verify: {exc}[/]")
-        raise typer.Exit(1) from exc
+        raise CliError(f"cannot verify: {exc}", 1) from exc
     if json:
         _dump(
             {
                 "report_generation_id": result.report_generation_id,
                 "ok": result.ok,
+                "verdict": result.verdict,
+                "explanation": result.explanation,
+                "font_subsetter": {
+                    "recorded": result.recorded_font_subsetter,
+                    "replayed": result.replay_font_subsetter,
+                },
                 "checks": [
                     {"what": c.what, "recorded": c.recorded, "actual": c.actual, "ok": c.ok}
                     for c in result.checks
@@ -418,64 +668,70 @@ def verify_cmd(
     else:
         for check in result.checks:
             if check.ok:
-                console.print(f"[green]match[/]    {check.what} {check.actual}")
+                console.print(Text.assemble(("match", "green"), f"    {check.what} {check.actual}"))
             else:
                 console.print(
-                    f"[red]DIFFERS[/]  {check.what}: recorded {check.recorded}, "
-                    f"re-rendered {check.actual}"
+                    Text.assemble(
+                        ("DIFFERS", "red"),
+                        f"  {check.what}: recorded {check.recorded}, re-rendered {check.actual}",
+                    )
                 )
         console.print(
-            "[green]reproduced byte for byte[/]" if result.ok else "[red]not reproduced[/]"
+            Text("reproduced byte for byte", "green") if result.ok else Text(result.verdict, "red")
         )
     raise typer.Exit(0 if result.ok else 1)
 
 
 @app.command("trace")
 def trace_cmd(
-    report_id: Annotated[str, typer.Argument(help="ReportGeneration id.")],
+    report_id: ReportIdArg,
     format: Annotated[str, typer.Option("--format", help="jaeger or otlp.")] = "jaeger",
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Write to a file.")] = None,
+    force: ForceOpt = False,
 ) -> None:
     """The stored copy of the report's trace, as Jaeger JSON or OTLP/JSON."""
     if format not in ("jaeger", "otlp"):
-        err.print(f"[red]unknown format {format!r}: use jaeger or otlp[/]")
-        raise typer.Exit(2)
+        raise CliError(f"unknown format {check_text(format, '--format', 20)!r}: use jaeger or otlp")
     row = _row_or_exit(report_id)
     try:
         tree = span_tree(row)
+    except TraceUnavailableError as exc:
+        raise CliError(str(exc), 1) from exc
     except Exception as exc:
-        err.print(
-            f"[red]{exc}[/]"
-            if isinstance(exc, TraceUnavailableError)
-            else f"[red]the stored span tree is corrupt: {type(exc).__name__}: {exc}[/]"
-        )
-        raise typer.Exit(1) from exc
+        raise CliError(f"the stored span tree is corrupt: {type(exc).__name__}: {exc}", 1) from exc
     document = to_jaeger(tree) if format == "jaeger" else to_otlp_json(tree)
-    text = orjson.dumps(document, option=orjson.OPT_INDENT_2)
+    data = orjson.dumps(document, option=orjson.OPT_INDENT_2)
     if output is None:
-        typer.echo(text.decode())
-    else:
-        output.write_bytes(text)
-        err.print(f"wrote the {format} trace of report {report_id} to {output}")
+        typer.echo(data.decode())
+        return
+    write_output(output, data, force=force)
+    err.print(text(f"wrote the {format} trace of report {row['report_generation_id']} to {output}"))
 
 
 @app.command("openlineage")
 def openlineage_cmd(
-    report_id: Annotated[str | None, typer.Argument(help="ReportGeneration id.")] = None,
+    report_id: Annotated[
+        str | None, typer.Argument(help="ReportGeneration id (or a unique prefix).")
+    ] = None,
     since: Annotated[str | None, typer.Option(help="Every report started at/after (ISO).")] = None,
     emit: Annotated[str | None, typer.Option(help="POST to this Marquez-compatible URL.")] = None,
 ) -> None:
     """OpenLineage RunEvents (START, COMPLETE or FAIL) for one report or a time range."""
     if (report_id is None) == (since is None):
-        err.print("[red]give a report id or --since (not both)[/]")
-        raise typer.Exit(2)
-    engine = _lineage_engine()
+        raise CliError("give a report id or --since (not both)")
+    if emit is not None:
+        try:
+            check_endpoint(check_text(emit, "--emit", 2000) or "")
+        except ValueError as exc:
+            raise CliError(f"--emit: {exc}") from exc
+    engine = _engine("lineage")
     if report_id is not None:
         rows = [_row_or_exit(report_id)]
     else:
-        listed, _ = list_rows(engine, ListFilter(since=_parse_since(since)), limit=100_000)
+        where = ListFilter(since=_parse_time(since, "--since"))
+        listed, _ = list_rows(engine, where, limit=100_000)
         rows = [get_row(engine, str(r["report_generation_id"])) for r in reversed(listed)]
-    reports_url = LineageSettings.from_env().reports_database_url
+    reports_url = _settings().reports_database_url
     events = [event for row in rows for event in run_events(row, reports_url)]
     if emit is None:
         for event in events:
@@ -484,44 +740,39 @@ def openlineage_cmd(
     try:
         sent = emit_events(events, emit)
     except OSError as exc:
-        err.print(f"[red]emitting to {emit} failed: {exc}[/]")
-        raise typer.Exit(1) from exc
-    console.print(f"emitted {sent} events for {len(rows)} reports to {emit}")
+        raise CliError(f"emitting to {emit} failed: {exc}", 1) from exc
+    console.print(text(f"emitted {sent} events for {len(rows)} reports to {emit}"))
 
 
 @app.command("prune")
 def prune_cmd(
     snapshots_older_than: Annotated[
-        float, typer.Option("--snapshots-older-than", min=0, help="Age in days.")
+        float,
+        typer.Option("--snapshots-older-than", min=0, max=MAX_AGE_DAYS, help="Age in days."),
     ],
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Only report.")] = False,
+    yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False,
 ) -> None:
     """Drop snapshots and span trees of old rows; keep hashes, steps and the row."""
-    result = prune(_lineage_engine(), older_than_days=snapshots_older_than, dry_run=dry_run)
+    engine = _engine("lineage", write=True)
+    try:
+        planned = prune(engine, older_than_days=snapshots_older_than, dry_run=True)
+        if not dry_run and planned.rows and not yes:
+            what = (
+                f"the input snapshots and span trees of {planned.rows} rows started before "
+                f"{planned.cutoff.isoformat(timespec='seconds')} ({planned.bytes_freed} bytes)"
+            )
+            if not sys.stdin.isatty():
+                raise CliError(f"prune would drop {what}: confirm with --yes")
+            if not typer.confirm(f"Drop {what}? `inputs`, `verify` and `trace` stop working"):
+                raise CliError("nothing pruned", 1)
+        result = planned if dry_run else prune(engine, older_than_days=snapshots_older_than)
+    except ValueError as exc:  # NaN (which no range refuses)
+        raise CliError(f"--snapshots-older-than: {exc}") from exc
     verb = "would free" if dry_run else "freed"
     console.print(
         f"{result.rows} rows started before {result.cutoff.isoformat(timespec='seconds')}: "
         f"{verb} {result.bytes_freed} bytes of snapshots and span trees"
-    )
-
-
-def _row_or_exit(report_id: str) -> dict[str, Any]:
-    try:
-        return get_row(_lineage_engine(), report_id)
-    except LineageNotFoundError as exc:
-        err.print(f"[red]{exc}[/]")
-        raise typer.Exit(1) from exc
-
-
-def _inputs_line(inputs: dict[str, Any]) -> str:
-    if not inputs.get("stored"):
-        return "snapshot not stored"
-    if "error" in inputs:
-        return f"[red]snapshot unreadable: {inputs['error']}[/]"
-    check = "verified" if inputs["sha256_matches"] else "[red]DIGEST MISMATCH[/]"
-    return (
-        f"{inputs['bytes']} bytes ({inputs['compressed_bytes']} stored), sha256 {check}; "
-        f"business {inputs.get('business_name')!r}, {inputs.get('findings')} findings"
     )
 
 

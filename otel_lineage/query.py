@@ -14,7 +14,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
-from sqlalchemy import Connection, Engine, Row, column, func, select, table
+from sqlalchemy import Connection, DateTime, Engine, Row, column, func, select, table
 
 from otel_lineage.record import decompress
 from otel_lineage.schema import lineage_counters, report_lineage
@@ -25,7 +25,7 @@ _generations = table(
     "report_generation",
     column("id"),
     column("status"),
-    column("requested_at"),
+    column("requested_at", DateTime(timezone=True)),
     column("trace_id"),
     column("error_type"),
 )
@@ -37,19 +37,30 @@ class LineageNotFoundError(LookupError):
     pass
 
 
+class AmbiguousIdError(LookupError):
+    pass
+
+
 def get_row(engine: Engine, report_id: str) -> dict[str, Any]:
-    """The lineage row of ``report_id`` (a ``ReportGeneration`` id)."""
+    """The lineage row of ``report_id``: a ``ReportGeneration`` id or a unique prefix of one."""
+    c = report_lineage.c
     with untraced(), engine.connect() as conn:
-        row = (
-            conn.execute(
-                select(report_lineage).where(report_lineage.c.report_generation_id == report_id)
-            )
-            .mappings()
-            .first()
-        )
-    if row is None:
+        row = conn.execute(select(report_lineage).where(c.report_generation_id == report_id))
+        found = row.mappings().first()
+        if found is None and report_id:
+            prefixed = c.report_generation_id.startswith(report_id, autoescape=True)
+            ids = conn.scalars(select(c.report_generation_id).where(prefixed).limit(2)).all()
+            if len(ids) > 1:
+                count = conn.scalar(select(func.count()).where(prefixed))
+                raise AmbiguousIdError(
+                    f"report id prefix {report_id!r} matches {count} reports; give more of it"
+                )
+            if ids:
+                query = select(report_lineage).where(c.report_generation_id == ids[0])
+                found = conn.execute(query).mappings().first()
+    if found is None:
         raise LineageNotFoundError(f"no lineage row for report {report_id!r}")
-    return _plain(row)
+    return _plain(found)
 
 
 def latest_report_id(engine: Engine) -> str:
@@ -107,18 +118,27 @@ class AuditReport:
     generations: int
     in_flight: int
     with_lineage: int
+    until: str | None = None
     missing: list[dict[str, Any]] = field(default_factory=list)
     incomplete: list[dict[str, Any]] = field(default_factory=list)
     counters: dict[str, int] = field(default_factory=dict)
     processes: int = 0
+    #: Generations left ``generating`` by a process that is gone (also listed in ``missing``).
+    abandoned: int = 0
 
     @property
     def capture_rate(self) -> float:
         finished = self.generations - self.in_flight
         return 1.0 if finished == 0 else self.with_lineage / finished
 
-    def as_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "capture_rate": self.capture_rate}
+    def as_dict(self, limit: int | None = None) -> dict[str, Any]:
+        """JSON-ready; ``limit`` caps the listed missing and incomplete reports (the totals
+        are always given)."""
+        out = {**asdict(self), "capture_rate": self.capture_rate}
+        out["missing_total"], out["incomplete_total"] = len(self.missing), len(self.incomplete)
+        if limit is not None:
+            out["missing"], out["incomplete"] = self.missing[:limit], self.incomplete[:limit]
+        return out
 
 
 def audit(
@@ -126,18 +146,25 @@ def audit(
     lineage: Engine,
     *,
     since: datetime | None = None,
+    until: datetime | None = None,
     waiting: Mapping[str, object] | None = None,
+    open_reports: Mapping[str, bool] | None = None,
 ) -> AuditReport:
-    """Reconcile generations with lineage rows.
+    """Reconcile generations requested in ``[since, until)`` with lineage rows.
 
     ``waiting`` maps report ids whose record is still in a local outbox to where it waits, so a
-    missing row can be explained rather than only counted.
+    missing row can be explained rather than only counted. ``open_reports`` maps the report ids
+    an outbox marks as started and not ended to whether their process still lives: a live one
+    is in progress however old, a dead one abandoned however recent.
     """
     waiting = waiting or {}
+    open_reports = open_reports or {}
     now = datetime.now(UTC)
     query = select(_generations)
     if since is not None:
-        query = query.where(_generations.c.requested_at >= since)
+        query = query.where(_generations.c.requested_at >= to_utc(since))
+    if until is not None:
+        query = query.where(_generations.c.requested_at < to_utc(until))
     totals = (*COUNTER_NAMES, "pending")
     with untraced():
         with reports.connect() as conn:
@@ -152,6 +179,7 @@ def audit(
             ).one()
     report = AuditReport(
         since=since.isoformat() if since else None,
+        until=until.isoformat() if until else None,
         generations=len(generations),
         in_flight=0,
         with_lineage=0,
@@ -168,16 +196,25 @@ def audit(
                 )
             continue
         requested = _aware(generation["requested_at"])
-        if generation["status"] in ("pending", "generating") and now - requested < IN_FLIGHT:
+        unfinished = generation["status"] in ("pending", "generating")
+        alive = open_reports.get(generation["id"])
+        if unfinished and (alive or (alive is None and now - requested < IN_FLIGHT)):
             report.in_flight += 1
             continue
+        if unfinished and alive is False:
+            report.abandoned += 1
+            reason = (
+                "abandoned: its process died mid-report (`otel-lineage recover` marks it failed)"
+            )
+        else:
+            reason = _why_missing(generation["id"], generation["status"], waiting)
         report.missing.append(
             {
                 "report_generation_id": generation["id"],
                 "status": generation["status"],
                 "requested_at": requested.isoformat(),
                 "trace_id": generation["trace_id"],
-                "reason": _why_missing(generation["id"], generation["status"], waiting),
+                "reason": reason,
             }
         )
     return report
@@ -189,6 +226,36 @@ def _why_missing(report_id: str, status: str, waiting: Mapping[str, object]) -> 
     if status in ("pending", "generating"):
         return "the generation never finished: its process stopped mid-report"
     return "no lineage record: lost (see the dropped/evicted counters) or lineage was off"
+
+
+def generations_by_pdf(reports: Engine, sha256: str) -> list[dict[str, Any]]:
+    """Report generations whose recorded PDF has this sha256 (with or without lineage)."""
+    generations = table(
+        "report_generation",
+        column("id"),
+        column("business_id"),
+        column("template_name"),
+        column("template_version"),
+        column("status"),
+        column("requested_at", DateTime(timezone=True)),
+        column("pdf_sha256"),
+    )
+    query = (
+        select(generations)
+        .where(generations.c.pdf_sha256 == sha256)
+        .order_by(generations.c.requested_at)
+    )
+    with untraced(), reports.connect() as conn:
+        return [_plain(r) for r in conn.execute(query).mappings()]
+
+
+def to_utc(value: datetime) -> datetime:
+    """The same instant in UTC (a naive time is taken as UTC).
+
+    SQLite stores times as ISO strings without their offset, so a bound ``+01:00`` time would
+    be compared by its wall-clock digits: the stored values are UTC, so the bound ones must be.
+    """
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 def _lineage_by_generation(conn: Connection, ids: list[str]) -> dict[str, Row[Any]]:
@@ -228,6 +295,8 @@ LIST_COLUMNS = (
     "output_sha256",
     "trace_id",
     "sampled",
+    "exported",
+    "caller_trace_id",
 )
 
 
@@ -240,6 +309,8 @@ class ListFilter:
     since: datetime | None = None
     until: datetime | None = None
     incomplete_only: bool = False
+    #: The trace of the request that asked for the report (the report's own trace differs).
+    caller_trace_id: str | None = None
 
 
 def list_rows(
@@ -257,11 +328,13 @@ def list_rows(
     if where.status is not None:
         conditions.append(c.status == where.status)
     if where.since is not None:
-        conditions.append(c.started_at >= where.since)
+        conditions.append(c.started_at >= to_utc(where.since))
     if where.until is not None:
-        conditions.append(c.started_at < where.until)
+        conditions.append(c.started_at < to_utc(where.until))
     if where.incomplete_only:
         conditions.append(c.complete.is_(False))
+    if where.caller_trace_id is not None:
+        conditions.append(c.caller_trace_id == where.caller_trace_id.lower())
     columns = [c[name] for name in LIST_COLUMNS]
     page = (
         select(*columns)
@@ -288,12 +361,16 @@ def rows_by_output(engine: Engine, sha256: str) -> list[dict[str, Any]]:
         return [_plain(r) for r in conn.execute(query).mappings()]
 
 
-def step_stats(engine: Engine, *, since: datetime | None = None) -> list[dict[str, Any]]:
+def step_stats(
+    engine: Engine, *, since: datetime | None = None, until: datetime | None = None
+) -> list[dict[str, Any]]:
     """Per template version: reports, failures, failure rate, p50/p95 of each step."""
     c = report_lineage.c
     query = select(c.template_name, c.template_version, c.status, c.steps)
     if since is not None:
-        query = query.where(c.started_at >= since)
+        query = query.where(c.started_at >= to_utc(since))
+    if until is not None:
+        query = query.where(c.started_at < to_utc(until))
     groups: dict[tuple[str, str], dict[str, Any]] = {}
     with untraced(), engine.connect() as conn:
         for name, version, status, steps in conn.execute(query):

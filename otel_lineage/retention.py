@@ -15,6 +15,9 @@ from sqlalchemy import Engine, func, select, update
 from otel_lineage.schema import report_lineage
 from otel_lineage.store import untraced
 
+#: Oldest cutoff accepted (a thousand years: anything more is a typo, and overflows dates).
+MAX_AGE_DAYS = 365_000
+
 
 @dataclass(frozen=True)
 class PruneResult:
@@ -25,8 +28,8 @@ class PruneResult:
 
 
 def prune(engine: Engine, *, older_than_days: float, dry_run: bool = False) -> PruneResult:
-    if older_than_days < 0:
-        raise ValueError("older_than_days must not be negative")
+    if not 0 <= older_than_days <= MAX_AGE_DAYS:  # also refuses NaN and infinity
+        raise ValueError(f"the age must be between 0 and {MAX_AGE_DAYS} days")
     c = report_lineage.c
     cutoff = datetime.now(UTC) - timedelta(days=older_than_days)
     condition = (c.started_at < cutoff) & (

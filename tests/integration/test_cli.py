@@ -95,5 +95,9 @@ def test_templates_list_and_lock_check() -> None:
 
 def test_db_downgrade(env: str) -> None:
     assert runner.invoke(app, ["db", "upgrade"]).exit_code == 0
-    down = runner.invoke(app, ["db", "downgrade"])
+    assert runner.invoke(app, ["db", "downgrade"]).exit_code == 2  # a revision is required
+    refused = runner.invoke(app, ["db", "downgrade", "base"])
+    assert refused.exit_code == 2 and "0001_report_service" in refused.stderr
+    assert _count(env) == 0  # the tables are still there
+    down = runner.invoke(app, ["db", "downgrade", "base", "--yes"])
     assert down.exit_code == 0 and "base" in down.output

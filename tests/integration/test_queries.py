@@ -153,7 +153,8 @@ def test_inputs_byte_exact_and_bad_blobs(reports: Reports, tmp_path: Path) -> No
 
 def test_stats_per_template_version(reports: Reports) -> None:
     groups = {(g["template_name"], g["template_version"]): g for g in _json(["stats", "--json"])}  # type: ignore[union-attr, index]
-    summary = groups[("summary", "1.0.0")]
+    version = reports.summary[0].template_version  # the latest released summary version
+    summary = groups[("summary", version)]
     assert (summary["count"], summary["failed"], summary["failure_rate"]) == (4, 1, 0.25)
     assert set(summary["steps"]) >= {"report.convert_pdf", "report.load_inputs"}
     pdf = summary["steps"]["report.convert_pdf"]
@@ -310,7 +311,10 @@ def test_prune_keeps_the_row_and_drops_the_payloads(reports: Reports) -> None:
     assert _blob(reports.engine, report_id, "span_tree") is not None  # dry run changed nothing
     none_old = runner.invoke(app, ["prune", "--snapshots-older-than", "30"])
     assert "0 rows" in none_old.output
-    done = runner.invoke(app, ["prune", "--snapshots-older-than", "0"])
+    refused = runner.invoke(app, ["prune", "--snapshots-older-than", "0"])
+    assert refused.exit_code == 2 and "confirm with --yes" in refused.stderr
+    assert _blob(reports.engine, report_id, "span_tree") is not None
+    done = runner.invoke(app, ["prune", "--snapshots-older-than", "0", "--yes"])
     assert done.exit_code == 0 and "freed" in done.output
     assert int(done.output.split("freed ")[1].split()[0]) > 0
     assert _blob(reports.engine, report_id, "span_tree") is None
@@ -326,10 +330,18 @@ def test_prune_keeps_the_row_and_drops_the_payloads(reports: Reports) -> None:
 def test_show_links_to_jaeger(reports: Reports, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("OTEL_LINEAGE_JAEGER_URL", "http://jaeger.example:16686/")
     report_id = reports.summary[0].generation_id
+    _set(reports.engine, report_id, exported=True, sampled=True)
     shown = orjson.loads(runner.invoke(app, ["show", report_id, "--json"]).stdout)
     assert shown["jaeger_url"] == f"http://jaeger.example:16686/trace/{shown['trace_id']}"
-    text = runner.invoke(app, ["show", "--latest"])
+    text = runner.invoke(app, ["show", report_id[:8]])
     assert text.exit_code == 0 and "http://jaeger.example:16686/trace/" in text.output
+    assert "(exported)" in text.output
+    # "exported" comes from the row's exported column only: a sampled trace with no exporter
+    # configured went nowhere
+    _set(reports.engine, report_id, exported=False, sampled=True)
+    shown = orjson.loads(runner.invoke(app, ["show", report_id, "--json"]).stdout)
+    assert shown["jaeger_url"] is None
+    assert "(not exported)" in runner.invoke(app, ["show", report_id]).output
     assert runner.invoke(app, ["show"]).exit_code == 2
 
 
