@@ -3,6 +3,12 @@
 Re-renders the stored input snapshot with the recorded template version and compares every
 digest. This is the one place the plugin imports the report generator (lazily): replay needs
 its templates and its converter, and nothing else in the plugin may depend on it.
+
+The PDF bytes also depend on the font subsetter (HarfBuzz or fontTools: each deterministic, but
+they write different fonts). The convert span records which one made the PDF
+(``report.output.font_subsetter``, kept in the row's span tree); replay uses the same one when
+this machine has it, and when it does not, the result says exactly that instead of a bare
+mismatch.
 """
 
 from __future__ import annotations
@@ -10,9 +16,16 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from otel_lineage import semconv
+from otel_lineage.exports import TraceUnavailableError, span_tree
 from otel_lineage.record import decompress
+
+if TYPE_CHECKING:
+    from d6_reports.pdf import FontSubsetter
+
+_SUBSETTER_NAMES = {"harfbuzz": "HarfBuzz", "fonttools": "fontTools"}
 
 
 class VerifyError(Exception):
@@ -32,17 +45,30 @@ class Check:
 
 @dataclass
 class VerifyResult:
+    """``recorded_font_subsetter`` is None for rows made before it was recorded (or pruned);
+    ``explanation`` says why the PDF bytes cannot match when the cause is known."""
+
     report_generation_id: str
     checks: list[Check] = field(default_factory=list)
+    recorded_font_subsetter: str | None = None
+    replay_font_subsetter: str | None = None
+    explanation: str | None = None
 
     @property
     def ok(self) -> bool:
         return all(check.ok for check in self.checks)
 
+    @property
+    def verdict(self) -> str:
+        """One line for the CLI: reproduced, why it cannot be, or plainly not reproduced."""
+        if self.ok:
+            return "reproduced byte for byte"
+        return self.explanation or "not reproduced"
+
 
 def verify(row: Mapping[str, Any]) -> VerifyResult:
     from d6_reports.errors import ReportError, TemplateNotFoundError
-    from d6_reports.pdf import PDFConverter
+    from d6_reports.pdf import PDFConverter, available_font_subsetter
     from d6_reports.templates import TemplateRegistry
 
     result = VerifyResult(str(row["report_generation_id"]))
@@ -66,11 +92,62 @@ def verify(row: Mapping[str, Any]) -> VerifyResult:
         result.checks.append(
             Check("html sha256", row["html_sha256"], hashlib.sha256(html.encode()).hexdigest())
         )
-        pdf = PDFConverter().convert(html, asset_root=template.directory)
+        result.recorded_font_subsetter = recorded_font_subsetter(row)
+        replay_with = _replay_subsetter(result.recorded_font_subsetter, available_font_subsetter())
+        pdf = PDFConverter().convert(
+            html, asset_root=template.directory, font_subsetter=replay_with
+        )
     except ReportError as exc:
         raise VerifyError(f"re-rendering failed: {exc}") from exc
+    result.replay_font_subsetter = pdf.font_subsetter
     result.checks.append(Check("pdf sha256", row["output_sha256"], pdf.sha256))
+    result.explanation = _explain(result)
     return result
+
+
+def recorded_font_subsetter(row: Mapping[str, Any]) -> str | None:
+    """The subsetter the convert span recorded in the row's stored span tree, if any."""
+    try:
+        tree = span_tree(row)
+    except TraceUnavailableError:
+        return None
+    for span in tree.get("spans", ()):
+        value = (span.get("attributes") or {}).get(semconv.OUTPUT_FONT_SUBSETTER)
+        if value in _SUBSETTER_NAMES:
+            return str(value)
+    return None
+
+
+def _replay_subsetter(recorded: str | None, available: FontSubsetter) -> FontSubsetter:
+    """The recorded subsetter when this machine has it (fontTools always is), else its own."""
+    if recorded == "fonttools":
+        return "fonttools"
+    return available
+
+
+def _explain(result: VerifyResult) -> str | None:
+    """Why the PDF differs, when the replay could not use the original's font subsetter."""
+    pdf_check = result.checks[-1]
+    recorded, replayed = result.recorded_font_subsetter, result.replay_font_subsetter
+    if pdf_check.ok or replayed is None or recorded == replayed:
+        return None
+    others = [c for c in result.checks if c.what in ("template sha256", "html sha256")]
+    differing = [c.what.removesuffix(" sha256") for c in others if not c.ok]
+    inputs = (
+        "template and HTML digests match"
+        if not differing
+        else f"{' and '.join(differing)} digests differ too"
+    )
+    here = _SUBSETTER_NAMES[replayed]
+    if recorded is None:
+        return (
+            "the row does not record which font subsetter made the PDF; this machine subsets "
+            f"with {here}: PDF bytes may not match; {inputs}"
+        )
+    return (
+        f"made with {_SUBSETTER_NAMES[recorded]} subsetting; this machine subsets with {here}: "
+        f"PDF bytes cannot match; {inputs}"
+    )
 
 
 def stored_snapshot(row: Mapping[str, Any]) -> bytes:

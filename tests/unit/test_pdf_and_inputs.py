@@ -6,7 +6,7 @@ import pytest
 
 from d6_reports.errors import InputsError, PDFConversionError
 from d6_reports.inputs import make_snapshot
-from d6_reports.pdf import PDFConverter
+from d6_reports.pdf import PDFConverter, available_font_subsetter
 
 HTML = """<html><head><meta name="dcterms.created" content="2026-01-02T03:04:05Z">
 <link rel="stylesheet" href="style.css"></head><body><h1>Title</h1>{extra}</body></html>"""
@@ -28,6 +28,7 @@ def test_same_html_gives_byte_identical_pdf(assets: Path) -> None:
     assert first.data == second.data
     assert first.data.startswith(b"%PDF-")
     assert first.pages == 1
+    assert first.font_subsetter == available_font_subsetter()
 
 
 @pytest.mark.parametrize(

@@ -4,8 +4,13 @@ import shutil
 from pathlib import Path
 
 import pytest
+from sqlalchemy import create_engine
+from sqlalchemy.orm import Session
 
 from d6_reports.errors import TemplateNotFoundError, TemplateRenderError
+from d6_reports.inputs import load_inputs
+from d6_reports.models import Base
+from d6_reports.seed import seed_demo
 from d6_reports.templates import TEMPLATES_DIR, TemplateRegistry, content_sha256, parse_version
 
 
@@ -13,9 +18,14 @@ def test_released_versions_match_their_lock() -> None:
     """A released template's files may not change without a new version number."""
     registry = TemplateRegistry()
     released = [(n, v) for n in registry.names() for v in registry.released_versions(n)]
-    assert ("audit_report", "1.0.0") in released
-    assert ("audit_report", "2.0.0") in released
-    assert ("summary", "1.0.0") in released
+    for name, version in [
+        ("audit_report", "1.0.0"),
+        ("audit_report", "2.0.0"),
+        ("audit_report", "2.0.1"),
+        ("summary", "1.0.0"),
+        ("summary", "1.0.1"),
+    ]:
+        assert (name, version) in released
     for name, version in released:
         assert content_sha256(TEMPLATES_DIR / name / version) == registry.locked_sha256(
             name, version
@@ -36,17 +46,19 @@ def test_content_hash_covers_every_file_and_path(tmp_path: Path) -> None:
 def test_latest_is_newest_released_not_newest_installed(tmp_path: Path) -> None:
     root = tmp_path / "templates"
     shutil.copytree(TEMPLATES_DIR, root)
-    shutil.copytree(root / "audit_report" / "2.0.0", root / "audit_report" / "10.0.0")
+    shutil.copytree(root / "audit_report" / "2.0.1", root / "audit_report" / "10.0.0")
     registry = TemplateRegistry(root)
-    assert registry.versions("audit_report") == ["1.0.0", "2.0.0", "10.0.0"]
-    assert registry.resolve("audit_report").version == "2.0.0"
+    assert registry.versions("audit_report") == ["1.0.0", "2.0.0", "2.0.1", "10.0.0"]
+    assert registry.resolve("audit_report").version == "2.0.1"
     unreleased = registry.resolve("audit_report", "10.0.0")
     assert not unreleased.released
 
 
 def test_unknown_template_and_version_are_precise() -> None:
     registry = TemplateRegistry()
-    with pytest.raises(TemplateNotFoundError, match=r"no version '9\.9\.9'.*1\.0\.0, 2\.0\.0"):
+    with pytest.raises(
+        TemplateNotFoundError, match=r"no version '9\.9\.9'.*1\.0\.0, 2\.0\.0, 2\.0\.1"
+    ):
         registry.resolve("audit_report", "9.9.9")
     with pytest.raises(TemplateNotFoundError, match="no released version"):
         registry.resolve("nope")
@@ -95,3 +107,21 @@ def test_parse_version_accepts_dotted_numbers(text: str) -> None:
 def test_parse_version_rejects_others(text: str) -> None:
     with pytest.raises(ValueError):
         parse_version(text)
+
+
+@pytest.mark.parametrize("name", ["audit_report", "summary"])
+def test_latest_versions_label_categories_properly(name: str) -> None:
+    """ "SEO" and "Best Practices", in every place a category is shown (scores and findings)."""
+    engine = create_engine("sqlite://")
+    Base.metadata.create_all(engine)
+    with Session(engine) as session:
+        business_ids = seed_demo(session)
+        session.commit()
+        contexts = [load_inputs(session, b).decode() for b in business_ids]
+    engine.dispose()
+    registry = TemplateRegistry()
+    template = registry.resolve(name)
+    assert template.version == {"audit_report": "2.0.1", "summary": "1.0.1"}[name]
+    html = "".join(registry.render(template, context) for context in contexts)
+    assert ">SEO<" in html and ">Best Practices<" in html
+    assert "Seo" not in html and ">seo<" not in html and "best practices" not in html
