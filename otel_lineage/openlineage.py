@@ -10,11 +10,20 @@ Mapping (docs/semantic-conventions.md has the table):
 - output: the PDF (namespace ``file``, name = its path), with its sha256 as the dataset version;
 - run facets: ``d6_report`` (trace id, root span id, report id, template version and hash,
   input snapshot hash) and, for failures, the standard ``errorMessage``.
+
+Events leave the host, so they carry no input value: the ``errorMessage`` facet names the error
+*type* with a fixed description and no stack trace. The full message (which may quote customer
+data, e.g. an unparsable value) stays in the lineage database, for people with access to it.
 """
 
 from __future__ import annotations
 
-import urllib.request
+import contextlib
+import http.client
+import re
+import socket
+import threading
+import time
 import uuid
 from collections.abc import Mapping
 from datetime import datetime
@@ -29,6 +38,10 @@ REPORT_FACET_SCHEMA = "https://d6-reports.invalid/spec/facets/1-0-0/D6ReportRunF
 ERROR_FACET_SCHEMA = (
     "https://openlineage.io/spec/facets/1-0-1/ErrorMessageRunFacet.json#/$defs/ErrorMessageRunFacet"
 )
+FAILURE_DESCRIPTION = "report generation failed (the full message is in the lineage database)"
+#: An error type is a class name (``InputsError``, ``OperationalError``); anything else is not
+#: trusted to be free of input data and is replaced.
+_ERROR_TYPE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]{0,99}$")
 VERSION_FACET_SCHEMA = (
     "https://openlineage.io/spec/facets/1-0-1/DatasetVersionDatasetFacet.json"
     "#/$defs/DatasetVersionDatasetFacet"
@@ -90,7 +103,7 @@ def run_events(row: Mapping[str, Any], reports_database_url: str) -> list[dict[s
         facets["errorMessage"] = {
             "_producer": PRODUCER,
             "_schemaURL": ERROR_FACET_SCHEMA,
-            "message": f"{row['error_type']}: {row['error_message']}",
+            "message": failure_message(row.get("error_type")),
             "programmingLanguage": "python",
         }
     end = _event(
@@ -99,6 +112,12 @@ def run_events(row: Mapping[str, Any], reports_database_url: str) -> list[dict[s
     end["inputs"] = inputs
     end["outputs"] = outputs
     return [start, end]
+
+
+def failure_message(error_type: object) -> str:
+    """The exported description of a failure: its type and a fixed text, never its message."""
+    name = str(error_type) if error_type is not None else ""
+    return f"{name if _ERROR_TYPE.match(name) else 'UnknownError'}: {FAILURE_DESCRIPTION}"
 
 
 def _event(
@@ -116,19 +135,125 @@ def _event(
     }
 
 
-def emit(events: list[dict[str, Any]], base_url: str, timeout_s: float = 10.0) -> int:
-    """POST each event to a Marquez-compatible ``<base_url>/api/v1/lineage``; returns count."""
+class EmitError(OSError):
+    """An emit that failed or ran out of time; its message is one line for the CLI."""
+
+
+class EmitURLError(EmitError, ValueError):
+    """The endpoint is not an ``http(s)://host[:port][/path]`` URL (a usage error)."""
+
+
+def check_endpoint(base_url: str) -> str:
+    """The lineage endpoint ``<base_url>/api/v1/lineage``; ``EmitURLError`` if not HTTP(S)."""
+    parts = urlsplit(base_url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise EmitURLError(f"not an http(s) URL: {base_url[:200]!r}")
+    try:
+        parts.port  # noqa: B018 - raises ValueError for a non-numeric or out-of-range port
+    except ValueError as exc:
+        raise EmitURLError(f"invalid port in {base_url[:200]!r}") from exc
+    return base_url.rstrip("/") + "/api/v1/lineage"
+
+
+def emit(
+    events: list[dict[str, Any]],
+    base_url: str,
+    timeout_s: float = 10.0,
+    deadline_s: float = 30.0,
+) -> int:
+    """POST each event to a Marquez-compatible ``<base_url>/api/v1/lineage``; returns count.
+
+    ``timeout_s`` bounds the connect and each socket read; ``deadline_s`` bounds each whole
+    request, so a server that answers one byte at a time cannot hold the caller forever (a
+    socket timeout alone restarts with every byte). Raises ``EmitError`` (an ``OSError``) with
+    a one-line message on any failure.
+    """
     import orjson
 
-    endpoint = base_url.rstrip("/") + "/api/v1/lineage"
-    for event in events:
-        request = urllib.request.Request(
-            endpoint,
-            data=orjson.dumps(event),
-            headers={"Content-Type": "application/json"},
-            method="POST",
-        )
-        with urllib.request.urlopen(request, timeout=timeout_s) as response:
-            if response.status >= 300:
-                raise OSError(f"{endpoint} answered {response.status}")
+    endpoint = check_endpoint(base_url)
+    parts = urlsplit(endpoint)
+    path = parts.path + (f"?{parts.query}" if parts.query else "")
+    connection_class = (
+        http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
+    )
+    connection = connection_class(
+        parts.hostname or "", parts.port, timeout=min(timeout_s, deadline_s)
+    )
+    try:
+        for event in events:
+            _post(connection, path, orjson.dumps(event), endpoint, deadline_s)
+    finally:
+        connection.close()
     return len(events)
+
+
+def _post(
+    connection: http.client.HTTPConnection,
+    path: str,
+    body: bytes,
+    endpoint: str,
+    deadline_s: float,
+) -> None:
+    """One POST on ``connection``, aborted by a watchdog when ``deadline_s`` has passed."""
+    watchdog = _Watchdog(connection, deadline_s)
+    started = time.monotonic()
+    try:
+        with watchdog:
+            if connection.sock is None:
+                connection.connect()  # bounded by the socket timeout, itself <= the deadline
+                if watchdog.fired:  # fired while connecting, before there was a socket to shut
+                    raise TimeoutError("deadline passed while connecting")
+            connection.request(
+                "POST", path, body=body, headers={"Content-Type": "application/json"}
+            )
+            response = connection.getresponse()
+            response.read()
+    except (OSError, http.client.HTTPException) as exc:
+        connection.close()
+        if watchdog.fired:
+            raise EmitError(f"{endpoint} did not answer within {deadline_s:g} s") from exc
+        if isinstance(exc, TimeoutError):
+            waited = time.monotonic() - started
+            raise EmitError(f"{endpoint} timed out after {waited:.1f} s") from exc
+        reason = str(exc).splitlines()[0][:200] if str(exc) else ""
+        raise EmitError(
+            f"{endpoint}: {type(exc).__name__}{': ' if reason else ''}{reason}"
+        ) from exc
+    if watchdog.fired:  # the shut socket can look like the end of a (truncated) answer
+        connection.close()
+        raise EmitError(f"{endpoint} did not answer within {deadline_s:g} s")
+    if response.status >= 300:
+        raise EmitError(f"{endpoint} answered {response.status} {response.reason[:100]}")
+
+
+class _Watchdog:
+    """Shuts the connection's socket down at the deadline, which wakes a blocked read."""
+
+    def __init__(self, connection: http.client.HTTPConnection, deadline_s: float) -> None:
+        self._connection = connection
+        self._timer = threading.Timer(deadline_s, self._fire)
+        self._timer.daemon = True
+        self._lock = threading.Lock()
+        self._done = False
+        self.fired = False
+
+    def __enter__(self) -> _Watchdog:
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        with self._lock:
+            self._done = True
+        self._timer.cancel()
+
+    def _fire(self) -> None:
+        with self._lock:
+            if self._done:
+                return
+            self.fired = True
+            sock = self._connection.sock
+            if sock is not None:
+                # The plain socket's shutdown, also for TLS: it only needs the descriptor. An
+                # already closed socket raises OSError: the request is ending anyway.
+                with contextlib.suppress(OSError):
+                    socket.socket.shutdown(sock, socket.SHUT_RDWR)
