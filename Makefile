@@ -5,8 +5,10 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
+AUDIT_ARGS ?=
+COVERAGE_MIN := 85
 
-.PHONY: demo test lint bench clean install
+.PHONY: demo test lint audit bench bench-quick clean install
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -34,15 +36,25 @@ demo: $(STAMP)
 
 ## Tests; PostgreSQL tests run when D6_TEST_POSTGRES_URL is set (.ci/run sets it).
 test: $(STAMP)
-	$(BIN)/pytest -q --cov --cov-report=term-missing:skip-covered $(PYTEST_ARGS)
+	$(BIN)/pytest -q --cov --cov-report=term-missing:skip-covered \
+		--cov-fail-under=$(COVERAGE_MIN) $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
+## Known vulnerabilities in the installed environment (exit 1 on a finding or on an error;
+## .ci/run tells the two apart). The project itself is not on PyPI: --skip-editable.
+audit: $(STAMP)
+	$(BIN)/pip-audit --skip-editable --progress-spinner off $(AUDIT_ARGS)
+
 bench: $(STAMP)
 	$(BIN)/python -m bench
+
+## Seconds: per-report spans, queries, lineage rows and overhead against bench/budget.json.
+bench-quick: $(STAMP)
+	$(BIN)/python -m bench.quick
 
 clean:
 	rm -rf var .pytest_cache .mypy_cache .ruff_cache .coverage*

@@ -13,6 +13,7 @@ from sqlalchemy import Engine, delete, select
 from sqlalchemy.orm import Session, sessionmaker
 from typer.testing import CliRunner
 
+from bench.quick import measure
 from d6_reports.generator import GenerationOptions
 from d6_reports.models import ReportGeneration
 from d6_reports.templates import TemplateRegistry
@@ -22,6 +23,8 @@ from otel_lineage.schema import report_lineage
 from tests.lineage_support import lineage_pipeline, lineage_rows, make_generator
 
 SUMMARY = GenerationOptions("summary")
+#: The PRP's budget for lineage's added latency per report.
+PRP_OVERHEAD_BUDGET_MS = 100.0
 
 
 def _generations(sessions: sessionmaker[Session]) -> dict[str, ReportGeneration]:
@@ -98,6 +101,30 @@ def test_lineage_with_report_generator(
     assert row["status"] == "completed" and row["error_type"] is None
     assert row["report_generation_id"] == result.generation_id
     assert row["duration_ms"] and float(str(row["duration_ms"])) > 0
+
+
+def test_performance_overhead(
+    db_url: str,
+    engine: Engine,
+    sessions: sessionmaker[Session],
+    business_ids: list[int],
+    tmp_path: Path,
+) -> None:
+    """Lineage's added latency per report (lineage on vs tracing only, interleaved).
+
+    Same measurement as ``make bench-quick`` (bench/quick.py), here on each database backend.
+    The 100 ms budget is the PRP's; the measurement is around 1 ms, so this cannot flap.
+    """
+    figures = measure(db_url, engine, sessions, business_ids[0], tmp_path / "reports", 40)
+    print(
+        f"\nlineage overhead over {figures.reports} reports ({engine.dialect.name}): "
+        f"{figures.overhead_ms} ms per report (median {figures.lineage_median_ms} ms with "
+        f"lineage, {figures.tracing_only_median_ms} ms tracing only); per report "
+        f"{figures.spans_per_report} spans, {figures.queries_per_report} SQL queries, "
+        f"{figures.lineage_rows_per_report} lineage rows"
+    )
+    assert figures.lineage_rows_per_report == 1
+    assert figures.overhead_ms < PRP_OVERHEAD_BUDGET_MS
 
 
 def test_feature_flag_disabled(
