@@ -152,3 +152,20 @@ def test_explicit_opt_outs_are_warnings(workdir: Path) -> None:
         output = _sh("d6-reports generate --business-id 1", workdir, _clean_env(**{name: value}))
         assert "warning: " in output and "no lineage rows" in output
     assert _counts(workdir)[2] == 0
+
+
+def test_the_readme_python_example_runs_as_written(workdir: Path) -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    example = readme.split("```python\n", 1)[1].split("```", 1)[0]
+    done = subprocess.run(
+        [sys.executable, "-c", example],
+        cwd=workdir,
+        env=_clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("True "), done.stdout
+    pdfs, generations, lineage = _counts(workdir)
+    assert pdfs == generations == lineage == 1
