@@ -38,7 +38,7 @@ from bench.common import NullExporter, TimedProcessor, TimedStore, summary
 from d6_reports import db
 from d6_reports.generator import GenerationOptions, ReportGenerator
 from d6_reports.seed import seed_demo
-from otel_lineage.processor import LineageSpanProcessor
+from otel_lineage.capture.processor import LineageSpanProcessor
 
 RESULTS = Path(__file__).parent / "results"
 ONE_PAGE = GenerationOptions("summary")
@@ -178,7 +178,7 @@ def hook_microbench(n: int) -> dict[str, float]:
     from opentelemetry import context
 
     from otel_lineage import semconv as sc
-    from otel_lineage.handoff import MemoryHandOff
+    from otel_lineage.delivery.handoff import MemoryHandOff
 
     handoff = MemoryHandOff(capacity=n + 1)
     processor = LineageSpanProcessor(handoff)

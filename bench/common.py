@@ -10,8 +10,8 @@ from typing import Any
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
-from otel_lineage.processor import LineageSpanProcessor
-from otel_lineage.store import LineageStore
+from otel_lineage.capture.processor import LineageSpanProcessor
+from otel_lineage.delivery.store import LineageStore
 
 
 class NullExporter(SpanExporter):

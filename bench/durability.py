@@ -32,11 +32,11 @@ from bench.common import TimedProcessor, summary
 from d6_reports import db
 from d6_reports.generator import GenerationOptions, ReportGenerator
 from d6_reports.seed import seed_demo
-from otel_lineage.configuration import create_lineage_engine
-from otel_lineage.outbox import OutboxHandOff
+from otel_lineage.delivery.outbox import OutboxHandOff
+from otel_lineage.delivery.schema import report_lineage
+from otel_lineage.delivery.store import RECORD_FIELDS, LineageStore
 from otel_lineage.record import LineageRecord
-from otel_lineage.schema import report_lineage
-from otel_lineage.store import RECORD_FIELDS, LineageStore
+from otel_lineage.startup.configuration import create_lineage_engine
 
 
 class _Accept(BaseHTTPRequestHandler):

@@ -42,7 +42,7 @@ from bench.common import NullExporter
 from d6_reports import db
 from d6_reports.generator import GenerationOptions, ReportGenerator
 from d6_reports.seed import seed_demo
-from otel_lineage.schema import report_lineage
+from otel_lineage.delivery.schema import report_lineage
 from tests.fast_pdf import FastPDFConverter
 
 HERE = Path(__file__).parent

@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session, sessionmaker
 import otel_lineage
 from d6_reports.generator import ReportGenerator
 from otel_lineage import LineageSampler
-from otel_lineage.schema import report_lineage
+from otel_lineage.delivery.schema import report_lineage
 
 
 @contextmanager

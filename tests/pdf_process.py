@@ -51,7 +51,7 @@ def render(asset_root: Path, subsetter: str) -> dict[str, Any]:
 
 
 def verify() -> dict[str, Any]:
-    from otel_lineage.verify import verify as verify_row
+    from otel_lineage.reading.verify import verify as verify_row
 
     row = {
         key: bytes.fromhex(value[4:]) if isinstance(value, str) and value[:4] == "hex:" else value

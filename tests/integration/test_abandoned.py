@@ -14,14 +14,14 @@ from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from d6_reports.models import ReportGeneration
-from otel_lineage.configuration import create_lineage_engine
-from otel_lineage.handoff import MemoryHandOff
-from otel_lineage.outbox import OutboxHandOff, open_reports
-from otel_lineage.recovery import mark_abandoned
-from otel_lineage.schema import lineage_counters
-from otel_lineage.stats import Counts, LineageStats
-from otel_lineage.store import LineageStore
-from otel_lineage.writer import BackgroundWriter
+from otel_lineage.delivery.handoff import MemoryHandOff
+from otel_lineage.delivery.outbox import OutboxHandOff, open_reports
+from otel_lineage.delivery.recovery import mark_abandoned
+from otel_lineage.delivery.schema import lineage_counters
+from otel_lineage.delivery.stats import Counts, LineageStats
+from otel_lineage.delivery.store import LineageStore
+from otel_lineage.delivery.writer import BackgroundWriter
+from otel_lineage.startup.configuration import create_lineage_engine
 from tests.integration.test_writer import _record
 from tests.lineage_support import lineage_rows
 

@@ -19,8 +19,8 @@ from typer.testing import CliRunner, Result
 
 from d6_reports.cli import app as d6_app
 from otel_lineage.cli import app as lineage_app
+from otel_lineage.delivery.schema import report_lineage
 from otel_lineage.record import CODEC, compress
-from otel_lineage.schema import report_lineage
 
 runner = CliRunner()
 MARKUP = "[/][bold]x[/bold]"

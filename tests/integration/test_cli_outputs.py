@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from d6_reports.cli import app as d6_app
 from otel_lineage.cli import app as lineage_app
-from otel_lineage.recovery import quarantine_record
+from otel_lineage.delivery.recovery import quarantine_record
 
 runner = CliRunner()
 

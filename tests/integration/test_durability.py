@@ -24,8 +24,8 @@ from d6_reports.generator import GenerationOptions, ReportGenerator
 from d6_reports.models import ReportGeneration
 from d6_reports.seed import seed_demo
 from otel_lineage.cli import app as lineage_cli
-from otel_lineage.outbox import OutboxHandOff, inspect_outboxes
-from otel_lineage.schema import report_lineage
+from otel_lineage.delivery.outbox import OutboxHandOff, inspect_outboxes
+from otel_lineage.delivery.schema import report_lineage
 from tests.fast_pdf import FastPDFConverter
 from tests.lineage_support import lineage_pipeline, lineage_rows, make_generator
 from tests.tcp_proxy import TCPProxy
@@ -71,7 +71,7 @@ def _crash_with_records_in_outbox(outbox_dir: Path, count: int) -> None:
     script = (
         "import os, sys\n"
         "from pathlib import Path\n"
-        "from otel_lineage.outbox import OutboxHandOff\n"
+        "from otel_lineage.delivery.outbox import OutboxHandOff\n"
         "from tests.integration.test_durability import _record\n"
         "box = OutboxHandOff(Path(sys.argv[1]))\n"
         f"for _ in range({count}): assert box.put(_record())\n"

@@ -159,7 +159,7 @@ def test_instrumentor_attaches_to_a_given_provider(
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.trace import NoOpTracerProvider
 
-    from otel_lineage.instrumentor import LineageInstrumentor
+    from otel_lineage.startup.instrumentor import LineageInstrumentor
 
     monkeypatch.setenv("OTEL_LINEAGE_DATABASE_URL", db_url)
     provider = TracerProvider()  # default sampler: the plugin warns that it may drop reports

@@ -18,8 +18,8 @@ from d6_reports.generator import GenerationOptions
 from d6_reports.models import ReportGeneration
 from d6_reports.templates import TemplateRegistry
 from otel_lineage.cli import app as lineage_cli
+from otel_lineage.delivery.schema import report_lineage
 from otel_lineage.record import decompress
-from otel_lineage.schema import report_lineage
 from tests.lineage_support import lineage_pipeline, lineage_rows, make_generator
 
 SUMMARY = GenerationOptions("summary")

@@ -30,7 +30,7 @@ def test_upgrade_then_downgrade_on_each_backend(empty_db_url: str) -> None:
 def test_schema_matches_the_models(db_url: str) -> None:
     """The migrations and the code's table definitions describe the same columns and indexes."""
     from d6_reports.models import Base
-    from otel_lineage.schema import metadata as lineage_metadata
+    from otel_lineage.delivery.schema import metadata as lineage_metadata
 
     engine = create_engine(db_url)
     try:

@@ -17,19 +17,19 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import Engine, select
 
-from otel_lineage.configuration import create_lineage_engine
-from otel_lineage.outbox import (
+from otel_lineage.delivery.outbox import (
     OutboxHandOff,
     inspect_outboxes,
     inspect_quarantine,
     open_reports,
     pending_generation_ids,
 )
+from otel_lineage.delivery.schema import lineage_counters, report_lineage
+from otel_lineage.delivery.stats import LineageStats
+from otel_lineage.delivery.store import LineageStore
+from otel_lineage.delivery.writer import BackgroundWriter
 from otel_lineage.record import LineageRecord
-from otel_lineage.schema import lineage_counters, report_lineage
-from otel_lineage.stats import LineageStats
-from otel_lineage.store import LineageStore
-from otel_lineage.writer import BackgroundWriter
+from otel_lineage.startup.configuration import create_lineage_engine
 from tests.integration.test_writer import _record
 
 FUZZ = settings(

@@ -28,8 +28,14 @@ import otel_lineage
 from d6_reports.generator import GenerationOptions, ReportGenerator
 from d6_reports.models import ReportGeneration
 from d6_reports.templates import TemplateRegistry
-from otel_lineage.openlineage import EmitError, EmitURLError, emit, failure_message, run_events
-from otel_lineage.query import get_row
+from otel_lineage.reading.openlineage import (
+    EmitError,
+    EmitURLError,
+    emit,
+    failure_message,
+    run_events,
+)
+from otel_lineage.reading.query import get_row
 from otel_lineage.record import decompress
 from tests.fast_pdf import FastPDFConverter
 from tests.privacy_support import (

@@ -22,7 +22,7 @@ from typer.testing import CliRunner
 
 from d6_reports.generator import GenerationOptions, GenerationResult
 from otel_lineage.cli import app
-from otel_lineage.schema import report_lineage
+from otel_lineage.delivery.schema import report_lineage
 from tests.lineage_support import lineage_pipeline, make_generator
 
 runner = CliRunner()

@@ -14,14 +14,14 @@ from sqlalchemy import Engine, func, select
 
 from d6_reports import db
 from otel_lineage import LineageSampler, LineageSpanProcessor, semconv
-from otel_lineage.configuration import create_lineage_engine
-from otel_lineage.handoff import MemoryHandOff
+from otel_lineage.capture.sampler import sampler_from_name
+from otel_lineage.delivery.handoff import MemoryHandOff
+from otel_lineage.delivery.schema import lineage_counters, report_lineage
+from otel_lineage.delivery.stats import LineageStats
+from otel_lineage.delivery.store import LineageStore
+from otel_lineage.delivery.writer import BackgroundWriter
 from otel_lineage.record import LineageRecord
-from otel_lineage.sampler import sampler_from_name
-from otel_lineage.schema import lineage_counters, report_lineage
-from otel_lineage.stats import LineageStats
-from otel_lineage.store import LineageStore
-from otel_lineage.writer import BackgroundWriter
+from otel_lineage.startup.configuration import create_lineage_engine
 from tests.lineage_support import lineage_rows
 from tests.unit.test_fold_and_processor import _fold, _report, _tracer
 
@@ -153,7 +153,7 @@ def test_a_database_that_never_answers_cannot_wedge_the_writer(db_url: str, engi
     """Black hole mid-run: the watchdog breaks off the call, the batch is retried, not lost."""
     from urllib.parse import urlsplit, urlunsplit
 
-    from otel_lineage.engines import create_lineage_engine as bounded_engine
+    from otel_lineage.delivery.engines import create_lineage_engine as bounded_engine
     from tests.tcp_proxy import TCPProxy
 
     parts = urlsplit(db_url)

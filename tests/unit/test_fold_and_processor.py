@@ -19,10 +19,10 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import Span, Status, StatusCode
 
 from otel_lineage import LineageRecord, LineageSampler, LineageSpanProcessor, fold, semconv
-from otel_lineage.fold import EVICTED_AT_SHUTDOWN, EVICTED_BY_TRACE_CAP, EVICTED_BY_TTL
-from otel_lineage.handoff import MemoryHandOff
+from otel_lineage.capture.fold import EVICTED_AT_SHUTDOWN, EVICTED_BY_TRACE_CAP, EVICTED_BY_TTL
+from otel_lineage.capture.sampler import sampler_from_name
+from otel_lineage.delivery.handoff import MemoryHandOff
 from otel_lineage.record import decompress
-from otel_lineage.sampler import sampler_from_name
 
 SNAPSHOT = b'{"business":{"name":"Acme"},"schema":"d6.report-inputs/1"}'
 DIGEST = hashlib.sha256(SNAPSHOT).hexdigest()

@@ -16,8 +16,8 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import Link, SpanContext, TraceFlags
 
 from otel_lineage import LineageRecord, LineageSampler, fold, semconv
+from otel_lineage.capture.sampler import sampler_from_name
 from otel_lineage.record import decompress
-from otel_lineage.sampler import sampler_from_name
 from tests.unit.test_fold_and_processor import DIGEST, SHA, SNAPSHOT, _fold, _report, _tracer
 
 IDENTITY = (

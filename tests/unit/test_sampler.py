@@ -15,8 +15,8 @@ from opentelemetry.sdk.trace.sampling import (
 from opentelemetry.trace import Link, SpanContext, TraceFlags
 
 from otel_lineage import LineageSampler, semconv
-from otel_lineage import sampler as sampler_module
-from otel_lineage.sampler import sampler_from_name
+from otel_lineage.capture import sampler as sampler_module
+from otel_lineage.capture.sampler import sampler_from_name
 
 
 def _provider(sampler: Sampler) -> tuple[TracerProvider, InMemorySpanExporter]:

@@ -25,7 +25,7 @@ from sqlalchemy.engine import ExceptionContext
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from typer.core import TyperGroup
 
-from otel_lineage.engines import UPGRADE_HINT, MissingDatabaseError
+from otel_lineage.delivery.engines import UPGRADE_HINT, MissingDatabaseError
 
 #: Bad usage or configuration (the convention of Click's usage errors too).
 USAGE = 2

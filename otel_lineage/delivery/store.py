@@ -24,9 +24,9 @@ from opentelemetry import context as otel_context
 from opentelemetry.instrumentation.utils import suppress_instrumentation
 from sqlalchemy import Engine, Table, TextClause, bindparam, event, text
 
+from otel_lineage.delivery.schema import lineage_counters, report_lineage
+from otel_lineage.delivery.stats import COUNTER_NAMES, Counts
 from otel_lineage.record import LineageRecord, clean_json, clean_text, needs_cleaning
-from otel_lineage.schema import lineage_counters, report_lineage
-from otel_lineage.stats import COUNTER_NAMES, Counts
 
 _log = logging.getLogger(__name__)
 

@@ -27,7 +27,7 @@ from rich.table import Table
 from rich.text import Text
 from sqlalchemy import Engine
 
-from otel_lineage.cli_support import (
+from otel_lineage.cli.support import (
     MAX_ID,
     CliError,
     OneLineErrors,
@@ -36,17 +36,19 @@ from otel_lineage.cli_support import (
     text,
     write_output,
 )
-from otel_lineage.engines import MissingDatabaseError, create_lineage_engine, sqlite_path
-from otel_lineage.exports import TraceUnavailableError, span_tree, to_jaeger, to_otlp_json
-from otel_lineage.openlineage import check_endpoint, run_events
-from otel_lineage.openlineage import emit as emit_events
-from otel_lineage.outbox import (
+from otel_lineage.delivery.engines import MissingDatabaseError, create_lineage_engine, sqlite_path
+from otel_lineage.delivery.outbox import (
     OutboxHandOff,
     inspect_outboxes,
     open_reports,
     pending_generation_ids,
 )
-from otel_lineage.query import (
+from otel_lineage.delivery.recovery import QuarantinedItem, inspect_quarantine, mark_abandoned
+from otel_lineage.delivery.store import LineageStore
+from otel_lineage.reading.exports import TraceUnavailableError, span_tree, to_jaeger, to_otlp_json
+from otel_lineage.reading.openlineage import check_endpoint, run_events
+from otel_lineage.reading.openlineage import emit as emit_events
+from otel_lineage.reading.query import (
     LineageNotFoundError,
     ListFilter,
     audit,
@@ -59,11 +61,9 @@ from otel_lineage.query import (
     rows_by_output,
     step_stats,
 )
-from otel_lineage.recovery import QuarantinedItem, inspect_quarantine, mark_abandoned
-from otel_lineage.retention import MAX_AGE_DAYS, prune
+from otel_lineage.reading.retention import MAX_AGE_DAYS, prune
+from otel_lineage.reading.verify import VerifyError, stored_snapshot, verify
 from otel_lineage.settings import MEMORY_OUTBOX, LineageSettings
-from otel_lineage.store import LineageStore
-from otel_lineage.verify import VerifyError, stored_snapshot, verify
 
 app = typer.Typer(
     cls=OneLineErrors,

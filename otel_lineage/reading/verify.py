@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from otel_lineage import semconv
-from otel_lineage.exports import TraceUnavailableError, span_tree
+from otel_lineage.reading.exports import TraceUnavailableError, span_tree
 from otel_lineage.record import decompress
 
 if TYPE_CHECKING:

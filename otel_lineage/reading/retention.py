@@ -12,8 +12,8 @@ from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import Engine, func, select, update
 
-from otel_lineage.schema import report_lineage
-from otel_lineage.store import untraced
+from otel_lineage.delivery.schema import report_lineage
+from otel_lineage.delivery.store import untraced
 
 #: Oldest cutoff accepted (a thousand years: anything more is a typo, and overflows dates).
 MAX_AGE_DAYS = 365_000

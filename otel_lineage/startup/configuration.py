@@ -28,22 +28,22 @@ from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased, Sampler
 from sqlalchemy import Engine
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from otel_lineage.detachable import DetachableTracerProvider
-from otel_lineage.engines import create_lineage_engine
-from otel_lineage.handoff import HandOff, MemoryHandOff
-from otel_lineage.listeners import TraceStamper
-from otel_lineage.outbox import OutboxHandOff
-from otel_lineage.processor import LineageSpanProcessor
-from otel_lineage.sampler import (
+from otel_lineage.capture.listeners import TraceStamper
+from otel_lineage.capture.processor import LineageSpanProcessor
+from otel_lineage.capture.sampler import (
     LINEAGE_PREFIX,
     STANDARD_SAMPLERS,
     LineageSampler,
     sampler_from_name,
 )
+from otel_lineage.delivery.engines import create_lineage_engine
+from otel_lineage.delivery.handoff import HandOff, MemoryHandOff
+from otel_lineage.delivery.outbox import OutboxHandOff
+from otel_lineage.delivery.stats import LineageStats
+from otel_lineage.delivery.store import LineageStore
+from otel_lineage.delivery.writer import BackgroundWriter
 from otel_lineage.settings import MEMORY_OUTBOX, LineageConfigError, LineageSettings
-from otel_lineage.stats import LineageStats
-from otel_lineage.store import LineageStore
-from otel_lineage.writer import BackgroundWriter
+from otel_lineage.startup.detachable import DetachableTracerProvider
 
 _log = logging.getLogger(__name__)
 #: Pipelines attached and not shut down, by provider (what ``startup_check`` asks about).

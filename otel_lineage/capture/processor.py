@@ -33,11 +33,16 @@ from opentelemetry.context import Context
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 
 from otel_lineage import semconv
-from otel_lineage.fold import EVICTED_AT_SHUTDOWN, EVICTED_BY_TRACE_CAP, EVICTED_BY_TTL, fold
-from otel_lineage.handoff import HandOff
+from otel_lineage.capture.fold import (
+    EVICTED_AT_SHUTDOWN,
+    EVICTED_BY_TRACE_CAP,
+    EVICTED_BY_TTL,
+    fold,
+)
+from otel_lineage.delivery.handoff import HandOff
+from otel_lineage.delivery.stats import LineageStats
+from otel_lineage.delivery.writer import BackgroundWriter
 from otel_lineage.ratelimit import RateLimitedLogger
-from otel_lineage.stats import LineageStats
-from otel_lineage.writer import BackgroundWriter
 
 _log = RateLimitedLogger(logging.getLogger(__name__))
 _RECENT_CAP = 10_000

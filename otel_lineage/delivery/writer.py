@@ -17,10 +17,10 @@ from collections.abc import Iterator
 
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, StatementError
 
-from otel_lineage.handoff import HandOff, Pending
+from otel_lineage.delivery.handoff import HandOff, Pending
+from otel_lineage.delivery.stats import LineageStats
+from otel_lineage.delivery.store import LineageStore, untraced
 from otel_lineage.ratelimit import RateLimitedLogger
-from otel_lineage.stats import LineageStats
-from otel_lineage.store import LineageStore, untraced
 
 _log = RateLimitedLogger(logging.getLogger(__name__))
 

@@ -16,10 +16,10 @@ from typing import Any
 import orjson
 from sqlalchemy import Connection, DateTime, Engine, Row, column, func, select, table
 
+from otel_lineage.delivery.schema import lineage_counters, report_lineage
+from otel_lineage.delivery.stats import COUNTER_NAMES
+from otel_lineage.delivery.store import untraced
 from otel_lineage.record import decompress
-from otel_lineage.schema import lineage_counters, report_lineage
-from otel_lineage.stats import COUNTER_NAMES
-from otel_lineage.store import untraced
 
 _generations = table(
     "report_generation",

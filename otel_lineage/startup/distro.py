@@ -37,9 +37,9 @@ from opentelemetry.sdk.environment_variables import (
     OTEL_TRACES_SAMPLER,
 )
 
-from otel_lineage.configuration import check_sampler_env
-from otel_lineage.instrumentor import LineageInstrumentor
 from otel_lineage.settings import LineageConfigError, LineageSettings
+from otel_lineage.startup.configuration import check_sampler_env
+from otel_lineage.startup.instrumentor import LineageInstrumentor
 
 DEFAULT_SAMPLER = "lineage_parentbased_always_on"
 DEFAULT_PROTOCOL = "http/protobuf"

@@ -15,7 +15,8 @@ outbox flush`` does it from the command line.
 Open-report markers: ``begin`` inserts a marker when a report trace starts and ``put`` deletes
 it in the transaction that inserts the record, so a dead process's marker without a record is a
 report that never ended; ``recover()`` turns it into an "abandoned" failed record
-(``otel_lineage.recovery``). ``open_reports()`` tells a report in progress from an abandoned one.
+(``otel_lineage.delivery.recovery``). ``open_reports()`` tells a report in progress from an
+abandoned one.
 
 Nothing blocks delivery: a record that cannot be decoded, and an orphan file SQLite cannot read,
 are moved to ``<directory>/quarantine/`` (never deleted), counted (``take_quarantined``) and
@@ -41,17 +42,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from otel_lineage.handoff import Pending
-from otel_lineage.ratelimit import RateLimitedLogger
-from otel_lineage.record import LineageRecord
-from otel_lineage.recovery import (
+from otel_lineage.delivery.handoff import Pending
+from otel_lineage.delivery.recovery import (
     QuarantinedItem,
     abandoned_record,
     inspect_quarantine,
     quarantine_file,
     quarantine_record,
 )
-from otel_lineage.store import clean_record
+from otel_lineage.delivery.store import clean_record
+from otel_lineage.ratelimit import RateLimitedLogger
+from otel_lineage.record import LineageRecord
 
 __all__ = [
     "OutboxFile",

@@ -25,8 +25,8 @@ from opentelemetry.instrumentation.instrumentor import (  # type: ignore[attr-de
 )
 from opentelemetry.sdk.trace import TracerProvider
 
-from otel_lineage.configuration import Lineage, LineageStartError, active_lineage, attach
 from otel_lineage.settings import LineageSettings, lineage_enabled
+from otel_lineage.startup.configuration import Lineage, LineageStartError, active_lineage, attach
 
 _log = logging.getLogger(__name__)
 
