@@ -36,8 +36,9 @@ from d6_reports.models import Base
 from d6_reports.pdf import FONTTOOLS, HARFBUZZ, PDFConverter, available_font_subsetter
 from d6_reports.seed import seed_demo
 from d6_reports.templates import TemplateRegistry
-from otel_lineage.reading.verify import FONT_SUBSETTER_ATTRIBUTE, verify
+from otel_lineage.reading.verify import verify
 from otel_lineage.record import compress
+from otel_lineage.semconv import OUTPUT_FONT_SUBSETTER as FONT_SUBSETTER_ATTRIBUTE
 
 CREATED = "2026-01-02T03:04:05Z"
 HTML = f"""<html><head><meta name="dcterms.created" content="{CREATED}">
