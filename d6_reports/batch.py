@@ -32,7 +32,8 @@ class BatchItem:
     pages: int | None
     pdf_path: str | None
     error_type: str | None
-    error_message: str | None
+    #: The error type's fixed description (never the message, which may quote customer data).
+    error_description: str | None
     duration_ms: float
 
     @classmethod
@@ -45,7 +46,7 @@ class BatchItem:
             pages=None,
             pdf_path=None,
             error_type=type(exc).__qualname__,
-            error_message=str(exc).splitlines()[0] if str(exc) else type(exc).__qualname__,
+            error_description=f"{type(exc).__qualname__}: the worker process failed",
             duration_ms=0.0,
         )
 
@@ -58,7 +59,7 @@ class BatchItem:
             pages=result.pages,
             pdf_path=str(result.pdf_path) if result.pdf_path else None,
             error_type=result.error_type,
-            error_message=result.error_message,
+            error_description=result.error_description,
             duration_ms=round(sum(result.timings_ms.values()), 3),
         )
 

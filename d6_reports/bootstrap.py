@@ -50,7 +50,7 @@ def start_telemetry(*, warn: Callable[[str], None] | None = None) -> None:
     allowed = os.environ.get(ALLOW_NO_LINEAGE_ENV, "").strip().lower() in {"1", "true", "yes"}
     try:
         if not _started:
-            if isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider):
+            if isinstance(_installed_provider(), trace.ProxyTracerProvider):
                 _initialize()
             _started = True
         _run_checks(warn)
@@ -58,6 +58,18 @@ def start_telemetry(*, warn: Callable[[str], None] | None = None) -> None:
         if not allowed:
             raise
         warn(f"{exc} (continuing without lineage: {ALLOW_NO_LINEAGE_ENV}=true)")
+
+
+def _installed_provider() -> trace.TracerProvider:
+    """The global provider; OTEL_PYTHON_TRACER_PROVIDER naming nothing is a failed start."""
+    try:
+        return trace.get_tracer_provider()
+    except Exception as exc:
+        named = os.environ.get("OTEL_PYTHON_TRACER_PROVIDER")
+        reason = f"OTEL_PYTHON_TRACER_PROVIDER={named!r} names no installed tracer provider"
+        raise TelemetryStartError(
+            f"tracing cannot start: {reason if named else _one_line(exc)}"
+        ) from exc
 
 
 def _initialize() -> None:

@@ -9,6 +9,7 @@ as Rich markup.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 import time
@@ -269,7 +270,8 @@ def generate(
     finally:
         service.close()
     if json:
-        typer.echo(orjson.dumps(result, default=str, option=orjson.OPT_INDENT_2).decode())
+        shown = {k: v for k, v in dataclasses.asdict(result).items() if k != "error_message"}
+        typer.echo(orjson.dumps(shown, default=str, option=orjson.OPT_INDENT_2).decode())
     elif result.success:
         console.print(
             Text.assemble(
@@ -283,7 +285,8 @@ def generate(
         err.print(
             Text.assemble(
                 ("failed", "red"),
-                f" {result.generation_id}: {result.error_type}: {result.error_message}",
+                f" {result.generation_id}: {result.error_description} (details: "
+                f"otel-lineage show {result.generation_id})",
             )
         )
     raise typer.Exit(0 if result.success else 1)
@@ -349,7 +352,7 @@ def _summary(items: list[BatchItem], title: str, elapsed_s: float) -> None:
             Text("completed", "green") if item.success else Text(str(item.error_type), "red"),
             Text(str(item.pages or "")),
             Text(f"{item.duration_ms:.0f}"),
-            Text(_relative(item.pdf_path) if item.pdf_path else (item.error_message or "")),
+            Text(_relative(item.pdf_path) if item.pdf_path else (item.error_description or "")),
         )
     console.print(table)
     failed = sum(not i.success for i in items)

@@ -87,7 +87,11 @@ class GenerationResult:
     pages: int | None = None
     timings_ms: dict[str, float] = field(default_factory=dict)
     error_type: str | None = None
+    #: The full message: it may quote customer data, so it is for this caller and the database
+    #: rows only (the command line prints ``error_description``).
     error_message: str | None = None
+    #: A fixed sentence per error type, safe to print and log anywhere.
+    error_description: str | None = None
     warnings: tuple[str, ...] = ()
     trace_id: str | None = None
 
@@ -375,6 +379,7 @@ class ReportGenerator:
             timings_ms=dict(run.timings_ms),
             error_type=_error_type(error) if error else None,
             error_message=str(error) if error else None,
+            error_description=_description(error) if error else None,
             warnings=tuple(run.warnings),
             trace_id=(
                 trace.format_trace_id(span_context.trace_id) if span_context.is_valid else None

@@ -122,13 +122,19 @@ def _database_url(env: Mapping[str, str], name: str) -> str | None:
     if raw is None or not raw.strip():
         return None
     try:
-        make_url(raw.strip()).get_dialect()
+        url = make_url(raw.strip())
+        url.get_dialect()
     except (ArgumentError, NoSuchModuleError, ValueError) as exc:
         reason = "no such database driver" if isinstance(exc, NoSuchModuleError) else "unparsable"
         raise LineageConfigError(
             f"{name} is not a usable SQLAlchemy URL ({reason}): expected e.g. "
             "sqlite:///var/d6_reports.db or postgresql+psycopg://user@host/db"
         ) from None
+    if url.get_backend_name() == "sqlite" and url.database in (None, "", ":memory:"):
+        raise LineageConfigError(
+            f"{name} names an in-memory SQLite database, which every connection sees empty: "
+            "give a file (sqlite:///path/to/file.db)"
+        )
     return raw.strip()
 
 

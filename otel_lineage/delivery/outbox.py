@@ -32,7 +32,9 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import logging
+import os
 import sqlite3
+import stat
 import threading
 import time
 import uuid
@@ -141,6 +143,8 @@ class OutboxHandOff:
         self._stuck = 0  # undecodable rows that could not be moved to quarantine either
         #: Report ids of dead processes' reports that ``recover()`` found abandoned.
         self.abandoned: list[str] = []
+        #: Outbox files the last ``recover()`` could not adopt (left in place, said in the log).
+        self.skipped: list[str] = []
 
     # -- HandOff ----------------------------------------------------------------------------
 
@@ -266,18 +270,25 @@ class OutboxHandOff:
         stems = {p.name.rsplit(".", 1)[0] for p in self.directory.glob("outbox-*.lock")}
         stems |= {p.name.rsplit(".", 1)[0] for p in self.directory.glob("outbox-*.db")}
         adopted = 0
+        self.skipped = []
         for stem in sorted(stems - {self.path.stem}):
             try:
                 adopted += self._recover_file(self.directory / f"{stem}.lock")
             except Exception:  # whatever one file does, the next one is still recovered
+                self.skipped.append(stem)
                 _log.exception("recovering lineage outbox %s failed; skipped", stem)
         return adopted
 
     def _recover_file(self, lock_path: Path) -> int:
         db_path = lock_path.with_suffix(".db")
+        if lock_path.exists() and not is_regular_file(lock_path):
+            self.skipped.append(lock_path.stem)
+            _log.warning("lineage outbox lock %s is not a regular file; skipped", lock_path.name)
+            return 0
         try:
             lock = open(lock_path, "a")  # noqa: SIM115 - closed below, after the removal
         except OSError as exc:
+            self.skipped.append(lock_path.stem)
             _log.warning("lineage outbox lock %s unusable (%s); skipped", lock_path.name, exc)
             return 0
         with lock:
@@ -286,8 +297,10 @@ class OutboxHandOff:
             except BlockingIOError:
                 return 0  # its owner is alive
             adopted = 0
-            if db_path.exists():
+            if db_path.exists() or db_path.is_symlink():
                 try:
+                    if not is_regular_file(db_path):
+                        raise sqlite3.DatabaseError("not a regular file")
                     adopted = self._adopt(db_path)
                 except (sqlite3.Error, OSError) as exc:
                     reason = f"unreadable outbox file ({type(exc).__name__}: {exc})"
@@ -358,13 +371,13 @@ class OutboxHandOff:
         records = []
         size = 0
         for trace_id, generation_id, started_at in self._conn.execute(unmatched).fetchall():
-            if not (
-                isinstance(trace_id, str)
-                and isinstance(generation_id, str | None)
-                and isinstance(started_at, int | float)
-            ):
-                continue  # a marker holds no customer data: an unreadable one is just gone
-            record = abandoned_record(trace_id, generation_id, float(started_at))
+            try:
+                record = abandoned_record(trace_id, generation_id, started_at)
+            except (TypeError, ValueError, OverflowError, OSError):
+                # A marker holds no customer data: an unreadable one is dropped, said once,
+                # and never stops the records of the same file.
+                _log.warning("unreadable open-report marker in an orphan outbox; dropped")
+                continue
             data = record.to_bytes()
             self._conn.execute(_INSERT, (trace_id, generation_id, time.time(), len(data), data))
             records.append(record)
@@ -498,6 +511,8 @@ def _owner_alive(lock_path: Path) -> bool:
     """True while a process holds the lock; a lock that cannot be opened counts as held."""
     if not lock_path.exists():
         return False
+    if not is_regular_file(lock_path):
+        return True  # cannot be told dead: never adopted, never opened
     try:
         with open(lock_path, "a") as lock:
             try:
@@ -509,8 +524,19 @@ def _owner_alive(lock_path: Path) -> bool:
     return False
 
 
+def is_regular_file(path: Path) -> bool:
+    """True for a regular file (through symlinks). Opening a FIFO or a device would block or
+    read forever: anything else in the outbox directory is never opened."""
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except OSError:
+        return False
+
+
 def _read_only(db_path: Path, sql: str) -> list[Any]:
     """Rows of ``sql`` against an outbox opened read-only; ``sqlite3.Error`` if unreadable."""
+    if not is_regular_file(db_path):
+        raise sqlite3.DatabaseError("not a regular file")
     conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
     try:
         return conn.execute(sql).fetchall()

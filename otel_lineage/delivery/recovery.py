@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import stat
 import time
 import uuid
 from collections.abc import Iterable
@@ -119,9 +120,22 @@ def inspect_quarantine(outbox_dir: Path) -> list[QuarantinedItem]:
 
 
 def abandoned_record(
-    trace_id: str, report_generation_id: str | None, started_at: float
+    trace_id: object, report_generation_id: object, started_at: object
 ) -> LineageRecord:
-    """The lineage of a report whose process died before the report ended."""
+    """The lineage of a report whose process died before the report ended.
+
+    The values come from an orphan outbox's marker, as stored: anything malformed (not a trace
+    id, a time out of range) is a ``ValueError``.
+    """
+    if not (isinstance(trace_id, str) and len(trace_id) == 32 and _is_hex(trace_id)):
+        raise ValueError("marker trace id is not 32 hex digits")
+    if report_generation_id is not None and not (
+        isinstance(report_generation_id, str) and 0 < len(report_generation_id) <= 36
+    ):
+        raise ValueError("marker report id is not a report id")
+    if isinstance(started_at, bool) or not isinstance(started_at, int | float):
+        raise ValueError("marker start time is not a number")
+    started = datetime.fromtimestamp(float(started_at), UTC)  # OverflowError/OSError if absurd
     values: dict[str, object] = {f.name: None for f in fields(LineageRecord)}
     values.update(
         trace_id=trace_id,
@@ -130,7 +144,7 @@ def abandoned_record(
         status="failed",
         error_type=ABANDONED,
         error_message="the process died before the report ended",
-        started_at=datetime.fromtimestamp(started_at, UTC),
+        started_at=started,
         steps=[],
         input_tables=[],
         span_count=0,
@@ -182,9 +196,19 @@ def _write_note(path: Path, *, kind: str, reason: str, source: str) -> None:
     os.replace(temporary, Path(f"{path}{NOTE_SUFFIX}"))
 
 
+def _is_hex(text: str) -> bool:
+    return all(ch in "0123456789abcdef" for ch in text)
+
+
 def _read_note(path: Path) -> dict[str, object]:
+    note_path = Path(f"{path}{NOTE_SUFFIX}")
+    try:
+        if not stat.S_ISREG(os.stat(note_path).st_mode) or note_path.stat().st_size > 65_536:
+            return {}  # a FIFO or a device would block or never end: not a note
+    except OSError:
+        return {}
     with contextlib.suppress(OSError, orjson.JSONDecodeError):
-        note = orjson.loads(Path(f"{path}{NOTE_SUFFIX}").read_bytes())
+        note = orjson.loads(note_path.read_bytes())
         if isinstance(note, dict):
             return note
     return {}

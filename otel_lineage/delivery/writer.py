@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -23,6 +24,19 @@ from otel_lineage.delivery.store import LineageStore, untraced
 from otel_lineage.ratelimit import RateLimitedLogger
 
 _log = RateLimitedLogger(logging.getLogger(__name__))
+
+
+#: For this long after start a missing lineage schema is expected (a command that migrates
+#: the database after tracing came up, like ``d6-reports demo``): waited for quietly.
+SCHEMA_GRACE_S = 60.0
+
+
+def is_missing_schema(exc: BaseException) -> bool:
+    """The lineage tables do not exist (yet): SQLite "no such table", PostgreSQL 42P01."""
+    orig = getattr(exc, "orig", None)
+    if getattr(orig, "sqlstate", None) == "42P01":
+        return True
+    return "no such table" in str(orig if orig is not None else exc).lower()
 
 
 def is_rejection(exc: BaseException) -> bool:
@@ -75,6 +89,7 @@ class BackgroundWriter:
         self._backoff = 0.0
         self._counters_saved_at = 0.0
         self._recovered_at = 0.0
+        self._started_at = time.monotonic()
 
     def start(self) -> None:
         if self._thread is None:
@@ -165,8 +180,22 @@ class BackgroundWriter:
     def _retry_later(self, items: list[Pending]) -> bool:
         self.handoff.release(items)
         self._stats.add("errors")
-        _log.exception("lineage write failed; %d records kept for retry", len(items))
+        if not self._schema_missing_says():
+            _log.exception("lineage write failed; %d records kept for retry", len(items))
         return False
+
+    def _schema_missing_says(self) -> bool:
+        """For a missing schema: wait quietly during the grace period, then one clear line.
+        True when the current exception was such a case (and has been dealt with)."""
+        exc = sys.exc_info()[1]
+        if exc is None or not is_missing_schema(exc):
+            return False
+        if time.monotonic() - self._started_at > SCHEMA_GRACE_S:
+            _log.warning(
+                "the lineage tables do not exist: run `d6-reports db upgrade`; records wait "
+                "in the outbox until then"
+            )
+        return True
 
     def _write_individually(self, items: list[Pending]) -> None:
         for item in items:
@@ -196,7 +225,8 @@ class BackgroundWriter:
             with self._deadline():
                 self.store.save_counters(self._stats.snapshot(), self.handoff.pending())
         except Exception:
-            _log.exception("saving lineage counters failed")
+            if not self._schema_missing_says():
+                _log.exception("saving lineage counters failed")
 
     @contextlib.contextmanager
     def _deadline(self) -> Iterator[None]:

@@ -146,13 +146,33 @@ class EmitURLError(EmitError, ValueError):
 def check_endpoint(base_url: str) -> str:
     """The lineage endpoint ``<base_url>/api/v1/lineage``; ``EmitURLError`` if not HTTP(S)."""
     parts = urlsplit(base_url)
+    shown = redacted(base_url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise EmitURLError(f"not an http(s) URL: {base_url[:200]!r}")
+        raise EmitURLError(f"not an http(s) URL: {shown!r}")
+    if any(ch.isspace() or not ch.isprintable() for ch in base_url):
+        raise EmitURLError(f"the URL holds spaces or control characters: {shown!r}")
     try:
         parts.port  # noqa: B018 - raises ValueError for a non-numeric or out-of-range port
     except ValueError as exc:
-        raise EmitURLError(f"invalid port in {base_url[:200]!r}") from exc
+        raise EmitURLError(f"invalid port in {shown!r}") from exc
     return base_url.rstrip("/") + "/api/v1/lineage"
+
+
+def redacted(url: str) -> str:
+    """``url`` as it may be printed: credentials replaced by ``***``, at most 200 characters."""
+    parts = urlsplit(url)
+    if parts.username is not None or parts.password is not None:
+        host = parts.hostname or ""
+        netloc = f"***@{host}" + (f":{parts.port}" if _has_valid_port(parts) else "")
+        url = parts._replace(netloc=netloc).geturl()
+    return url[:200]
+
+
+def _has_valid_port(parts: Any) -> bool:
+    try:
+        return parts.port is not None
+    except ValueError:
+        return False
 
 
 def emit(
@@ -181,7 +201,7 @@ def emit(
     )
     try:
         for event in events:
-            _post(connection, path, orjson.dumps(event), endpoint, deadline_s)
+            _post(connection, path, orjson.dumps(event), redacted(endpoint), deadline_s)
     finally:
         connection.close()
     return len(events)
@@ -191,10 +211,12 @@ def _post(
     connection: http.client.HTTPConnection,
     path: str,
     body: bytes,
-    endpoint: str,
+    shown: str,
     deadline_s: float,
 ) -> None:
-    """One POST on ``connection``, aborted by a watchdog when ``deadline_s`` has passed."""
+    """One POST on ``connection``, aborted by a watchdog when ``deadline_s`` has passed.
+
+    ``shown`` is the endpoint as error messages may print it (credentials redacted)."""
     watchdog = _Watchdog(connection, deadline_s)
     started = time.monotonic()
     try:
@@ -211,19 +233,17 @@ def _post(
     except (OSError, http.client.HTTPException) as exc:
         connection.close()
         if watchdog.fired:
-            raise EmitError(f"{endpoint} did not answer within {deadline_s:g} s") from exc
+            raise EmitError(f"{shown} did not answer within {deadline_s:g} s") from exc
         if isinstance(exc, TimeoutError):
             waited = time.monotonic() - started
-            raise EmitError(f"{endpoint} timed out after {waited:.1f} s") from exc
+            raise EmitError(f"{shown} timed out after {waited:.1f} s") from exc
         reason = str(exc).splitlines()[0][:200] if str(exc) else ""
-        raise EmitError(
-            f"{endpoint}: {type(exc).__name__}{': ' if reason else ''}{reason}"
-        ) from exc
+        raise EmitError(f"{shown}: {type(exc).__name__}{': ' if reason else ''}{reason}") from exc
     if watchdog.fired:  # the shut socket can look like the end of a (truncated) answer
         connection.close()
-        raise EmitError(f"{endpoint} did not answer within {deadline_s:g} s")
+        raise EmitError(f"{shown} did not answer within {deadline_s:g} s")
     if response.status >= 300:
-        raise EmitError(f"{endpoint} answered {response.status} {response.reason[:100]}")
+        raise EmitError(f"{shown} answered {response.status} {response.reason[:100]}")
 
 
 class _Watchdog:

@@ -18,6 +18,7 @@ import sqlite3
 import weakref
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
+from importlib.metadata import entry_points
 from pathlib import Path
 
 from opentelemetry import metrics, trace
@@ -232,10 +233,26 @@ _PARENT_ALWAYS_ON: str = ParentBased(ALWAYS_ON).get_description()  # type: ignor
 
 
 def check_sampler_env() -> None:
-    """A bad ``OTEL_TRACES_SAMPLER``/``_ARG`` is an error here, not the SDK's silent default."""
-    name = os.environ.get("OTEL_TRACES_SAMPLER", "").strip().lower()
+    """A bad ``OTEL_TRACES_SAMPLER``/``_ARG`` is an error here, not the SDK's silent default.
+
+    The SDK replaces a sampler it cannot build with its default (export everything) after a
+    warning; here an unknown name or a bad argument stops the start with one line. A name in
+    the wrong case is taken in lower case (the SDK's names are lower case).
+    """
+    raw = os.environ.get("OTEL_TRACES_SAMPLER")
+    if raw is None or not raw.strip():
+        return
+    name = raw.strip().lower()
+    if name != raw:
+        os.environ["OTEL_TRACES_SAMPLER"] = name
     if name.removeprefix(LINEAGE_PREFIX) not in STANDARD_SAMPLERS:
-        return  # unset, or a sampler of another package (the SDK resolves it)
+        installed = {ep.name for ep in entry_points(group="opentelemetry_traces_sampler")}
+        if name in installed:
+            return  # a sampler of another package: the SDK resolves it
+        raise LineageConfigError(
+            f"OTEL_TRACES_SAMPLER={raw!r} is not a known sampler: expected one of "
+            f"{', '.join(sorted(STANDARD_SAMPLERS))}, or lineage_<one of them>"
+        )
     try:
         sampler_from_name(name, os.environ.get("OTEL_TRACES_SAMPLER_ARG"))
     except ValueError as exc:
@@ -272,12 +289,14 @@ def make_handoff(settings: LineageSettings) -> HandOff:
             max_records=settings.max_pending,
             max_bytes=settings.outbox_max_bytes,
         )
-    except (OSError, sqlite3.Error):
+    except (OSError, sqlite3.Error) as exc:
         # Lineage must not stop the service from starting: keep records in memory (they
-        # survive database outages, not crashes) and say so loudly.
-        _log.exception(
-            "lineage outbox %s unusable; records are kept in memory only (not crash-safe)",
+        # survive database outages, not crashes) and say so, in one line.
+        _log.error(
+            "lineage outbox %s unusable (%s: %s); records are kept in memory only (not crash-safe)",
             settings.outbox,
+            type(exc).__qualname__,
+            getattr(exc, "strerror", None) or exc,
         )
         return MemoryHandOff(settings.max_pending)
 

@@ -73,9 +73,12 @@ class LineageDistro(BaseDistro):  # type: ignore[misc]
             if LineageSettings.from_env().enabled:
                 check_sampler_env()
         except LineageConfigError as exc:
-            LineageInstrumentor.failure = str(exc)
+            LineageInstrumentor.refused = str(exc)
+            # The SDK would fall back to its default sampler after two warnings of its own;
+            # name that default so the one line the user sees is the reason above.
+            os.environ[OTEL_TRACES_SAMPLER] = "parentbased_always_on"
         else:
-            LineageInstrumentor.failure = None
+            LineageInstrumentor.refused = None
 
 
 class LineageConfigurator(_OTelSDKConfigurator):

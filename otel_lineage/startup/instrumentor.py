@@ -33,14 +33,16 @@ _log = logging.getLogger(__name__)
 
 class LineageInstrumentor(BaseInstrumentor):  # type: ignore[misc]
     _lineage: Lineage | None = None
-    #: Why the last zero-code start failed, for ``startup_check`` (one line).
+    #: Why the distro refused the settings before the SDK started (the instrumentor then does
+    #: not attach), or why the last attach failed: for ``startup_check``, one line each.
+    refused: str | None = None
     failure: str | None = None
 
     def instrumentation_dependencies(self) -> Collection[str]:
         return []
 
     def _instrument(self, **kwargs: Any) -> None:
-        if LineageInstrumentor.failure:
+        if LineageInstrumentor.refused:
             return  # the distro refused the settings: startup_check reports why
         try:
             settings = LineageSettings.from_env()
@@ -73,8 +75,9 @@ def startup_check() -> str | None:
         return "OpenTelemetry is disabled (OTEL_SDK_DISABLED=true): reports get no lineage rows"
     if not lineage_enabled():
         return "lineage is off (ENABLE_REPORT_LINEAGE=false): reports get no lineage rows"
-    if LineageInstrumentor.failure:
-        raise LineageStartError(LineageInstrumentor.failure)
+    reason = LineageInstrumentor.refused or LineageInstrumentor.failure
+    if reason:
+        raise LineageStartError(reason)
     provider = trace.get_tracer_provider()
     if isinstance(provider, TracerProvider) and active_lineage(provider) is not None:
         return None

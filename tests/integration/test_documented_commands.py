@@ -121,13 +121,15 @@ def test_otlp_line_exports_traces_and_keeps_lineage(
         ("ENABLE_REPORT_LINEAGE", "maybe", "ENABLE_REPORT_LINEAGE='maybe' is not valid"),
         ("OTEL_TRACES_SAMPLER_ARG", "2", "sampling ratio must be within [0, 1]"),
         ("OTEL_TRACES_EXPORTER", "zipkin", "zipkin"),
+        ("OTEL_TRACES_SAMPLER", "lineage_bogus", "is not a known sampler"),
+        ("OTEL_LINEAGE_DATABASE_URL", "sqlite:///:memory:", "in-memory SQLite database"),
     ],
 )
 @pytest.mark.parametrize("launcher", ["", "opentelemetry-instrument "])
 def test_a_failed_start_is_loud_and_makes_no_pdf(
     workdir: Path, variable: str, value: str, says: str, launcher: str
 ) -> None:
-    env = _clean_env(OTEL_TRACES_SAMPLER="lineage_parentbased_traceidratio", **{variable: value})
+    env = _clean_env(**{"OTEL_TRACES_SAMPLER": "lineage_parentbased_traceidratio", variable: value})
     done = subprocess.run(
         f"{launcher}d6-reports generate --business-id 1",
         shell=True,

@@ -159,24 +159,31 @@ def test_instrumentor_attaches_to_a_given_provider(
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.trace import NoOpTracerProvider
 
-    from otel_lineage.startup.instrumentor import LineageInstrumentor
+    from otel_lineage import LineageConfigError, LineageStartError
+    from otel_lineage.startup.instrumentor import LineageInstrumentor, startup_check
 
     monkeypatch.setenv("OTEL_LINEAGE_DATABASE_URL", db_url)
-    provider = TracerProvider()  # default sampler: the plugin warns that it may drop reports
+    # A sampler that can drop report roots is refused, loudly, and the check says why.
+    dropping = TracerProvider(sampler=TraceIdRatioBased(0.5))
+    with pytest.raises(LineageConfigError, match="drops report traces"):
+        LineageInstrumentor().instrument(tracer_provider=dropping)
+    with pytest.raises(LineageStartError, match="drops report traces"):
+        startup_check()
+    LineageInstrumentor().uninstrument()
+    # The SDK's default sampler never drops a new root: attached without a word.
+    provider = TracerProvider()
     instrumentor = LineageInstrumentor()
     instrumentor.instrument(tracer_provider=provider)
     try:
-        assert "not a LineageSampler" in caplog.text
+        assert "LineageSampler" not in caplog.text
         generator = ReportGenerator(sessions, tmp_path, tracer_provider=provider)
         generator.generate_report_sync(business_ids[0], GenerationOptions("summary"))
         assert provider.force_flush(10_000)
     finally:
         instrumentor.uninstrument()
     assert len(lineage_rows(engine)) == 1
-    caplog.clear()
-    instrumentor.instrument(tracer_provider=NoOpTracerProvider())
-    instrumentor.uninstrument()
-    assert "no SDK tracer provider" in caplog.text
+    with pytest.raises(LineageStartError, match="no OpenTelemetry SDK tracer provider"):
+        instrumentor.instrument(tracer_provider=NoOpTracerProvider())
     monkeypatch.setenv("ENABLE_REPORT_LINEAGE", "false")
     instrumentor.instrument(tracer_provider=provider)
     assert LineageInstrumentor._lineage is None
