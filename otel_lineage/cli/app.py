@@ -27,6 +27,8 @@ from rich.table import Table
 from rich.text import Text
 from sqlalchemy import Engine
 
+from otel_lineage.cli.access import access_log, keys_app
+from otel_lineage.cli.serve import serve
 from otel_lineage.cli.support import (
     MAX_ID,
     CliError,
@@ -46,7 +48,7 @@ from otel_lineage.delivery.outbox import (
 from otel_lineage.delivery.recovery import QuarantinedItem, inspect_quarantine, mark_abandoned
 from otel_lineage.delivery.store import LineageStore
 from otel_lineage.reading.exports import TraceUnavailableError, span_tree, to_jaeger, to_otlp_json
-from otel_lineage.reading.openlineage import check_endpoint, run_events
+from otel_lineage.reading.openlineage import check_endpoint, redacted, run_events
 from otel_lineage.reading.openlineage import emit as emit_events
 from otel_lineage.reading.query import (
     LineageNotFoundError,
@@ -73,6 +75,9 @@ app = typer.Typer(
 )
 outbox_app = typer.Typer(help="The local outbox of lineage records.", no_args_is_help=True)
 app.add_typer(outbox_app, name="outbox")
+app.add_typer(keys_app, name="keys")
+app.command("access-log")(access_log)
+app.command("serve")(serve)
 console = Console(soft_wrap=True, highlight=False)
 err = Console(stderr=True, soft_wrap=True, highlight=False)
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
@@ -157,9 +162,26 @@ def _parse_time(value: str | None, option: str) -> datetime | None:
     check_text(value, option, 64)
     try:
         parsed = datetime.fromisoformat(value)
+        parsed = parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+        parsed.astimezone(UTC)  # 0001-01-01T00:00+01:00 has no UTC instant
     except ValueError:
         raise CliError(f"{option}: not an ISO 8601 time: {value!r}") from None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+    except OverflowError:
+        raise CliError(f"{option}: out of range: {value!r}") from None
+    return parsed
+
+
+def _status(value: str | None) -> str | None:
+    """``--status``: one of the statuses a lineage row can have."""
+    if value is None:
+        return None
+    status = value.strip().lower()
+    if status not in ROW_STATUSES:
+        raise CliError(f"--status must be one of {', '.join(ROW_STATUSES)}, not {value!r}")
+    return status
+
+
+ROW_STATUSES = ("completed", "failed", "unfinished")
 
 
 def _trace_id(value: str | None, option: str) -> str | None:
@@ -458,7 +480,8 @@ def _recover_and_ship() -> None:
             store.upsert([item.record for item in batch])
             box.ack(batch)
             written += len(batch)
-        marked = mark_abandoned(reports, dead)
+        marked = mark_abandoned(reports, {*dead, *box.abandoned})
+        skipped = list(box.skipped)
     finally:  # records not written stay in the outbox for the next flush
         box.close()
         lineage.dispose()
@@ -467,6 +490,13 @@ def _recover_and_ship() -> None:
         f"adopted {adopted} records from dead processes, wrote {written}; "
         f"marked {marked} abandoned reports failed"
     )
+    if skipped:
+        raise CliError(
+            f"{len(skipped)} outbox file(s) could not be recovered and were left in place "
+            f"({', '.join(sorted(skipped)[:3])}); see the log above and `otel-lineage outbox "
+            "status`",
+            1,
+        )
 
 
 # -- queries -------------------------------------------------------------------------------------
@@ -496,7 +526,7 @@ def list_cmd(
         business_id=business,
         template_name=check_text(template, "--template"),
         template_version=check_text(version, "--version"),
-        status=check_text(status, "--status"),
+        status=_status(status),
         since=_parse_time(since, "--since"),
         until=_parse_time(until, "--until"),
         incomplete_only=incomplete,
@@ -690,6 +720,7 @@ def trace_cmd(
     force: ForceOpt = False,
 ) -> None:
     """The stored copy of the report's trace, as Jaeger JSON or OTLP/JSON."""
+    format = format.strip().lower()
     if format not in ("jaeger", "otlp"):
         raise CliError(f"unknown format {check_text(format, '--format', 20)!r}: use jaeger or otlp")
     row = _row_or_exit(report_id)
@@ -740,8 +771,8 @@ def openlineage_cmd(
     try:
         sent = emit_events(events, emit)
     except OSError as exc:
-        raise CliError(f"emitting to {emit} failed: {exc}", 1) from exc
-    console.print(text(f"emitted {sent} events for {len(rows)} reports to {emit}"))
+        raise CliError(f"emitting to {redacted(emit)} failed: {exc}", 1) from exc
+    console.print(text(f"emitted {sent} events for {len(rows)} reports to {redacted(emit)}"))
 
 
 @app.command("prune")

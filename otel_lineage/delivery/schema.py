@@ -1,7 +1,7 @@
 """The plugin's tables, as SQLAlchemy Core (the plugin has no ORM of its own).
 
 ``report_lineage`` column names are a public contract: people query them with SQL. The same
-definitions are created by the Alembic revisions ``0002`` to ``0005``; a test keeps the two
+definitions are created by the Alembic revisions ``0002`` to ``0006``; a test keeps the two
 equal. Every text column that can receive a value from the environment, the resource or span
 data is unbounded (``Text``): a long service name must never make a record or the counters row
 fail (revision ``0005``).
@@ -23,6 +23,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    text,
 )
 
 metadata = MetaData()
@@ -99,4 +100,53 @@ lineage_counters = Table(
     Column("errors", BigInteger, nullable=False),
     Column("pending", BigInteger, nullable=False),
     Column("quarantined", BigInteger, nullable=False, server_default="0"),
+)
+
+#: API keys of the lineage service (``otel_lineage.access.keys``): only the sha256 of a secret
+#: is stored, never the secret. A name is unique among the keys not revoked (a partial unique
+#: index, so two concurrent ``keys create --name alice`` cannot both win); a revoked name can be
+#: given again. Revision ``0006``.
+lineage_api_keys = Table(
+    "lineage_api_keys",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("name", Text, nullable=False),
+    Column("role", String(16), nullable=False),
+    Column("prefix", String(16), nullable=False),
+    Column("key_hash", String(64), nullable=False, unique=True),
+    Column("created_by", Text, nullable=False),
+    Column("created_at", TS, nullable=False),
+    Column("expires_at", TS),
+    Column("revoked_at", TS),
+    Column("last_used_at", TS),
+    Index(
+        "ux_lineage_api_keys_active_name",
+        "name",
+        unique=True,
+        sqlite_where=text("revoked_at IS NULL"),
+        postgresql_where=text("revoked_at IS NULL"),
+    ),
+)
+
+#: Who read what (``otel_lineage.access.log``): every read of an input snapshot or a PDF, every
+#: verify, identify, key change and prune, allowed or not. Appended in the transaction that
+#: serves the read; the service never updates or deletes a row. Revision ``0006``.
+lineage_access_log = Table(
+    "lineage_access_log",
+    metadata,
+    Column(
+        "id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    ),
+    Column("at", TS, nullable=False),
+    Column("user", Text, nullable=False),
+    Column("role", String(16)),
+    Column("action", String(32), nullable=False),
+    Column("report_id", String(36)),
+    Column("client", Text),
+    Column("user_agent", Text),
+    Column("outcome", String(16), nullable=False),
+    Column("detail", Text),
+    Index("ix_lineage_access_log_at", "at"),
+    Index("ix_lineage_access_log_report_at", "report_id", "at"),
+    Index("ix_lineage_access_log_user_at", "user", "at"),
 )

@@ -43,21 +43,27 @@ class AmbiguousIdError(LookupError):
 
 def get_row(engine: Engine, report_id: str) -> dict[str, Any]:
     """The lineage row of ``report_id``: a ``ReportGeneration`` id or a unique prefix of one."""
-    c = report_lineage.c
     with untraced(), engine.connect() as conn:
-        row = conn.execute(select(report_lineage).where(c.report_generation_id == report_id))
-        found = row.mappings().first()
-        if found is None and report_id:
-            prefixed = c.report_generation_id.startswith(report_id, autoescape=True)
-            ids = conn.scalars(select(c.report_generation_id).where(prefixed).limit(2)).all()
-            if len(ids) > 1:
-                count = conn.scalar(select(func.count()).where(prefixed))
-                raise AmbiguousIdError(
-                    f"report id prefix {report_id!r} matches {count} reports; give more of it"
-                )
-            if ids:
-                query = select(report_lineage).where(c.report_generation_id == ids[0])
-                found = conn.execute(query).mappings().first()
+        return read_row(conn, report_id)
+
+
+def read_row(conn: Connection, report_id: str) -> dict[str, Any]:
+    """``get_row`` on a connection the caller holds: the web service reads a row and appends
+    its access-log entry in one transaction, so the read and its record cannot part."""
+    c = report_lineage.c
+    row = conn.execute(select(report_lineage).where(c.report_generation_id == report_id))
+    found = row.mappings().first()
+    if found is None and report_id:
+        prefixed = c.report_generation_id.startswith(report_id, autoescape=True)
+        ids = conn.scalars(select(c.report_generation_id).where(prefixed).limit(2)).all()
+        if len(ids) > 1:
+            count = conn.scalar(select(func.count()).where(prefixed))
+            raise AmbiguousIdError(
+                f"report id prefix {report_id!r} matches {count} reports; give more of it"
+            )
+        if ids:
+            query = select(report_lineage).where(c.report_generation_id == ids[0])
+            found = conn.execute(query).mappings().first()
     if found is None:
         raise LineageNotFoundError(f"no lineage row for report {report_id!r}")
     return _plain(found)
@@ -311,6 +317,9 @@ class ListFilter:
     incomplete_only: bool = False
     #: The trace of the request that asked for the report (the report's own trace differs).
     caller_trace_id: str | None = None
+    #: Digests (64 lowercase hex): reports made from these inputs, or that made this PDF.
+    inputs_sha256: str | None = None
+    output_sha256: str | None = None
 
 
 def list_rows(
@@ -335,6 +344,10 @@ def list_rows(
         conditions.append(c.complete.is_(False))
     if where.caller_trace_id is not None:
         conditions.append(c.caller_trace_id == where.caller_trace_id.lower())
+    if where.inputs_sha256 is not None:
+        conditions.append(c.inputs_sha256 == where.inputs_sha256.lower())
+    if where.output_sha256 is not None:
+        conditions.append(c.output_sha256 == where.output_sha256.lower())
     columns = [c[name] for name in LIST_COLUMNS]
     page = (
         select(*columns)
@@ -351,14 +364,20 @@ def list_rows(
 
 def rows_by_output(engine: Engine, sha256: str) -> list[dict[str, Any]]:
     """Every lineage row whose PDF has this sha256 (identical inputs give identical PDFs)."""
+    with untraced(), engine.connect() as conn:
+        return read_rows_by_output(conn, sha256)
+
+
+def read_rows_by_output(conn: Connection, sha256: str) -> list[dict[str, Any]]:
+    """``rows_by_output`` on the caller's connection (the web service logs the lookup in the
+    same transaction)."""
     c = report_lineage.c
     query = (
         select(*(c[name] for name in LIST_COLUMNS), c.output_uri, c.inputs_sha256)
         .where(c.output_sha256 == sha256)
         .order_by(c.started_at)
     )
-    with untraced(), engine.connect() as conn:
-        return [_plain(r) for r in conn.execute(query).mappings()]
+    return [_plain(r) for r in conn.execute(query).mappings()]
 
 
 def step_stats(

@@ -5,7 +5,7 @@ from sqlalchemy import create_engine, inspect
 from d6_reports import db
 
 SERVICE_TABLES = {"business", "website_assessment", "finding", "report_generation"}
-LINEAGE_TABLES = {"report_lineage", "lineage_counters"}
+LINEAGE_TABLES = {"report_lineage", "lineage_counters", "lineage_api_keys", "lineage_access_log"}
 
 
 def _tables(url: str) -> set[str]:
@@ -40,5 +40,21 @@ def test_schema_matches_the_models(db_url: str) -> None:
             assert migrated == {c.name for c in table.columns}, table.name
             indexes = {i["name"] for i in inspector.get_indexes(table.name)}
             assert {i.name for i in table.indexes} <= indexes, table.name
+    finally:
+        engine.dispose()
+
+
+def test_access_tables_go_down_and_up_alone(empty_db_url: str) -> None:
+    """Revision 0006 adds the key and access-log tables and its downgrade removes only them."""
+    db.upgrade(empty_db_url)
+    db.downgrade(empty_db_url, "0005_lineage_delivery")
+    access = {"lineage_api_keys", "lineage_access_log"}
+    assert _tables(empty_db_url) == (SERVICE_TABLES | LINEAGE_TABLES) - access
+    db.upgrade(empty_db_url)
+    assert _tables(empty_db_url) == SERVICE_TABLES | LINEAGE_TABLES
+    engine = create_engine(empty_db_url)
+    try:
+        names = {i["name"]: i for i in inspect(engine).get_indexes("lineage_api_keys")}
+        assert names["ux_lineage_api_keys_active_name"]["unique"]
     finally:
         engine.dispose()

@@ -2,8 +2,10 @@
 
 ``d6_reports`` uses the OpenTelemetry API only and never imports the plugin. Inside
 ``otel_lineage`` arrows point down: ``startup`` -> ``capture`` -> ``delivery``; ``reading`` and
-``cli`` -> ``delivery``; the root modules (record, semconv, settings, ratelimit) import no stage
-(the package ``__init__`` is the public facade and re-exports from all).
+``cli`` -> ``delivery``; ``access`` (keys, roles, the access log) -> ``delivery`` and the root
+only, and no lower stage imports ``access`` or ``web``; the root modules (record, semconv,
+settings, ratelimit) import no stage (the package ``__init__`` is the public facade and
+re-exports from all).
 Only replay (``reading.verify``) may import ``d6_reports``.
 """
 
@@ -15,12 +17,13 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-STAGES = ("capture", "delivery", "reading", "startup", "cli", "web")
+STAGES = ("capture", "delivery", "reading", "startup", "cli", "web", "access")
 #: What each part of otel_lineage must never import.
 FORBIDDEN = {
-    "delivery": ("capture", "reading", "startup", "cli", "web"),
-    "capture": ("reading", "startup", "cli", "web"),
-    "reading": ("capture", "startup", "cli", "web"),
+    "delivery": ("capture", "reading", "startup", "cli", "web", "access"),
+    "capture": ("reading", "startup", "cli", "web", "access"),
+    "reading": ("capture", "startup", "cli", "web", "access"),
+    "access": ("capture", "reading", "startup", "cli", "web"),
     "root": STAGES,
 }
 
