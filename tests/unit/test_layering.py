@@ -24,6 +24,7 @@ FORBIDDEN = {
     "capture": ("reading", "startup", "cli", "web", "access"),
     "reading": ("capture", "startup", "cli", "web", "access"),
     "access": ("capture", "reading", "startup", "cli", "web"),
+    "web": ("capture", "startup", "cli"),
     "root": STAGES,
 }
 
