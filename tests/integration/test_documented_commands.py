@@ -171,3 +171,55 @@ def test_the_readme_python_example_runs_as_written(workdir: Path) -> None:
     assert done.stdout.startswith("True "), done.stdout
     pdfs, generations, lineage = _counts(workdir)
     assert pdfs == generations == lineage == 1
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_the_readme_service_commands_run(workdir: Path) -> None:
+    """The README's service lines (the port is a free one instead of 8080)."""
+    import json
+    import time
+    import urllib.error
+    import urllib.request
+
+    env = _clean_env()
+    key = _sh("otel-lineage keys create --name alice --role support --expires 90d", workdir, env)
+    secret = next(word for word in key.split() if word.startswith("d6l_"))
+    port = _free_port()
+    server = subprocess.Popen(
+        ["otel-lineage", "serve", "--host", "127.0.0.1", "--port", str(port)],
+        cwd=workdir,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        url = f"http://127.0.0.1:{port}/api/v1/reports"
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                request = urllib.request.Request(url, headers={"Authorization": f"Bearer {secret}"})
+                with urllib.request.urlopen(request, timeout=5) as response:
+                    assert "total" in json.loads(response.read())
+                break
+            except (urllib.error.URLError, ConnectionError):
+                assert server.poll() is None, server.stderr.read() if server.stderr else ""
+                assert time.monotonic() < deadline, "the service did not answer"
+                time.sleep(0.3)
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(url, timeout=5)
+        assert refused.value.code == 401
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    listed = _sh("otel-lineage keys list", workdir, env)
+    assert "alice" in listed and secret not in listed
+    _sh("otel-lineage keys revoke alice", workdir, env)
+    assert "key_create" in _sh("otel-lineage access-log", workdir, env)
