@@ -6,6 +6,9 @@ Sections:
 - lineage: the same report generated, interleaved, under four set-ups (no tracing, tracing
   only, tracing + lineage, lineage flag off); plus lineage's own work per report measured
   directly (span hooks and fold on the report thread, writer time per record).
+- with PostgreSQL: lineage designs compared, lookups over 1,000,000 rows (bench/queries.py) and
+  the lineage service over that same table (bench/web.py: report page and API latency,
+  requests/s with 2 uvicorn workers).
 
 Everything runs on a fresh SQLite database under a temporary directory. Results go to
 ``bench/results/latest.json`` and a Markdown table to ``bench/results/latest.md``.
@@ -191,10 +194,14 @@ def hook_microbench(n: int) -> dict[str, float]:
 
     def one(tracer_provider: TracerProvider) -> None:
         tracer = tracer_provider.get_tracer("bench")
-        with tracer.start_as_current_span(sc.SPAN_GENERATE, attributes={sc.GENERATION_ID: "g"}):
+        # The report carrier rides on the root's start Context, as the generator sets it.
+        carrier = {sc.GENERATION_ID: "g", sc.INPUTS_SNAPSHOT: snapshot}
+        root_context = context.set_value(sc.REPORT_CONTEXT_KEY, carrier, context.Context())
+        with tracer.start_as_current_span(
+            sc.SPAN_GENERATE, context=root_context, attributes={sc.GENERATION_ID: "g"}
+        ):
             for name in sc.STEP_SPANS:
-                ctx = context.set_value(sc.INPUTS_SNAPSHOT_CONTEXT_KEY, snapshot)
-                with tracer.start_as_current_span(name, context=ctx) as span:
+                with tracer.start_as_current_span(name) as span:
                     span.set_attribute(sc.INPUTS_SHA256, "0" * 64)
                     for _ in range(2):
                         with tracer.start_as_current_span("SELECT"):
@@ -311,6 +318,10 @@ def write_markdown(results: dict[str, Any], path: Path) -> None:
                 if "Scan" in p
             ]
             lines.append(f"| {name} | {data['rows']} | {data['median_ms']} | {'; '.join(scans)} |")
+    if "web" in results:
+        from bench.web import markdown
+
+        lines += ["", *markdown(results["web"], results["lookups"]["rows"])]
     path.write_text("\n".join(lines) + "\n")
 
 
@@ -321,6 +332,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--ratio", type=float, default=0.1, help="export sampling ratio")
     parser.add_argument("--throughput-reports", type=int, default=48, help="reports per run")
     parser.add_argument("--skip-million", action="store_true", help="skip the 1M-row lookups")
+    parser.add_argument("--skip-web", action="store_true", help="skip the lineage service figures")
     args = parser.parse_args(argv)
     RESULTS.mkdir(exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
@@ -361,6 +373,11 @@ def main(argv: Sequence[str] | None = None) -> None:
                 with durability.postgres_schema(pg) as scoped:
                     step("lookups over 1,000,000 rows (PostgreSQL)")
                     results["lookups"] = queries.run(scoped)
+                    if not args.skip_web:
+                        from bench import web
+
+                        step("lineage service over the same 1,000,000 rows (PostgreSQL)")
+                        results["web"] = web.run(scoped, Path(tmp) / "web")
             results["outbox_put"] = durability.outbox_put_cost(Path(tmp), url, 2000)
     (RESULTS / "latest.json").write_text(json.dumps(results, indent=2) + "\n")
     write_markdown(results, RESULTS / "latest.md")

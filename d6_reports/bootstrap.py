@@ -47,7 +47,7 @@ def start_telemetry(*, warn: Callable[[str], None] | None = None) -> None:
     """
     global _started
     warn = warn or _print_warning
-    allowed = os.environ.get(ALLOW_NO_LINEAGE_ENV, "").strip().lower() in {"1", "true", "yes"}
+    allowed = _allowed_without_lineage()
     try:
         if not _started:
             if isinstance(_installed_provider(), trace.ProxyTracerProvider):
@@ -58,6 +58,17 @@ def start_telemetry(*, warn: Callable[[str], None] | None = None) -> None:
         if not allowed:
             raise
         warn(f"{exc} (continuing without lineage: {ALLOW_NO_LINEAGE_ENV}=true)")
+
+
+def _allowed_without_lineage() -> bool:
+    raw = os.environ.get(ALLOW_NO_LINEAGE_ENV, "").strip().lower()
+    if raw in ("", "0", "false", "no", "off"):
+        return False
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    raise TelemetryStartError(
+        f"{ALLOW_NO_LINEAGE_ENV}={raw!r} is not valid: expected true or false"
+    )
 
 
 def _installed_provider() -> trace.TracerProvider:

@@ -18,6 +18,7 @@ from importlib.metadata import version as package_version
 from typing import Annotated, Any
 
 import orjson
+import sqlalchemy
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -33,7 +34,7 @@ from d6_reports.batch import BatchItem, run_batch
 from d6_reports.bootstrap import TelemetryStartError, start_telemetry
 from d6_reports.config import Settings
 from d6_reports.generator import DEFAULT_TEMPLATE, GenerationOptions
-from d6_reports.models import Business
+from d6_reports.models import Business, ReportGeneration
 from d6_reports.seed import seed_demo
 from d6_reports.service import ReportService
 from d6_reports.templates import LOCK_FILE, TemplateRegistry
@@ -255,7 +256,7 @@ def seed_demo_cmd(count: Annotated[int, typer.Option(min=0, max=100_000)] = 12) 
 @app.command()
 def generate(
     business_id: Annotated[
-        int, typer.Option("--business-id", min=0, max=MAX_INT32, help="Business to report on.")
+        int, typer.Option("--business-id", min=1, max=MAX_INT32, help="Business to report on.")
     ],
     template: TemplateOpt = DEFAULT_TEMPLATE,
     version: VersionOpt = None,
@@ -266,6 +267,7 @@ def generate(
     _start_telemetry()
     service = ReportService.from_settings()
     try:
+        _require_schema(service)
         result = service.generator.generate_report_sync(business_id, options)
     finally:
         service.close()
@@ -401,6 +403,12 @@ def templates_lock(
         orjson.dumps(computed, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS) + b"\n"
     )
     console.print(f"wrote {path}")
+
+
+def _require_schema(service: ReportService) -> None:
+    """Before a report: a database with no tables is one line, not a failed report."""
+    if not sqlalchemy.inspect(service.engine).has_table(ReportGeneration.__tablename__):
+        raise CliError(f"the report database has no report tables; {UPGRADE_HINT}")
 
 
 def _generate_all(

@@ -10,7 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+import sqlalchemy
+from sqlalchemy import Engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -23,19 +24,23 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
 
     ``hide_parameters``: SQLAlchemy's error text otherwise quotes the bound values, which are
     customer data, into every exception message that may end up in a log.
+
+    ``sqlalchemy.create_engine`` is looked up at call time, not imported by name: the
+    zero-code start-up (``d6_reports.bootstrap``, after this module was imported) instruments
+    engines by replacing that function, and an early-bound name would miss it.
     """
     kwargs.setdefault("hide_parameters", True)
     if url.startswith("sqlite"):
         _ensure_sqlite_dir(url)
         kwargs.setdefault("connect_args", {"timeout": 30})
-        engine = create_engine(url, **kwargs)
+        engine = sqlalchemy.create_engine(url, **kwargs)
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
     kwargs.setdefault("pool_pre_ping", True)
     if url.startswith("postgresql"):
         # A server that accepts connections and never answers must not hang a command.
         kwargs.setdefault("connect_args", {"connect_timeout": CONNECT_TIMEOUT_S})
-    return create_engine(url, **kwargs)
+    return sqlalchemy.create_engine(url, **kwargs)
 
 
 def _ensure_sqlite_dir(url: str) -> None:

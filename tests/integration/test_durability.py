@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -180,10 +179,10 @@ def test_database_down_for_the_whole_run_then_back(
 ) -> None:
     with lineage_pipeline(_via_proxy(db_url, pg_proxy), engine) as (lineage, _):
         generator = make_generator(sessions, lineage, tmp_path)
-        started = time.monotonic()
         results = [generator.generate_report_sync(b, SUMMARY) for b in business_ids * 2]
+        # Never blocked by the dead database: every report finished while it was still down.
         assert all(r.success for r in results)
-        assert time.monotonic() - started < 30  # never blocked by the dead database
+        assert lineage.processor is not None and lineage.processor.handoff.pending() == 12
         assert not lineage.flush(0.5)
         assert _count(engine) == 0
         pg_proxy.start()
