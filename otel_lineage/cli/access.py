@@ -33,7 +33,7 @@ from otel_lineage.access.keys import (
 )
 from otel_lineage.access.log import MAX_LIMIT, list_access, record_access
 from otel_lineage.access.roles import parse_role
-from otel_lineage.cli.support import MAX_ID, CliError, check_text, label_engine, text
+from otel_lineage.cli.support import MAX_ID, CliError, check_text, label_engine, parse_time, text
 from otel_lineage.delivery.engines import MissingDatabaseError, create_lineage_engine, sqlite_path
 from otel_lineage.settings import LineageSettings
 
@@ -91,17 +91,6 @@ def parse_expiry(value: str | None, now: datetime) -> datetime | None:
     if when <= now:
         raise CliError(f"--expires: {when.isoformat()} is not in the future")
     return when
-
-
-def _parse_time(value: str | None, option: str) -> datetime | None:
-    if value is None:
-        return None
-    check_text(value, option, 64)
-    try:
-        parsed = datetime.fromisoformat(value)
-    except ValueError:
-        raise CliError(f"{option}: not an ISO 8601 time: {value!r}") from None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
 def _os_user() -> str:
@@ -269,8 +258,8 @@ def access_log(
         _engine(ctx, write=False),
         report_id=check_text(report, "--report", MAX_ID),
         user=check_text(user, "--user"),
-        since=_parse_time(since, "--since"),
-        until=_parse_time(until, "--until"),
+        since=parse_time(since, "--since"),
+        until=parse_time(until, "--until"),
         limit=limit,
     )
     if json:

@@ -35,6 +35,7 @@ from otel_lineage.cli.support import (
     OneLineErrors,
     check_text,
     label_engine,
+    parse_time,
     text,
     write_output,
 )
@@ -156,21 +157,6 @@ def _dump(value: Any) -> None:
     typer.echo(orjson.dumps(value, option=orjson.OPT_INDENT_2, default=str).decode())
 
 
-def _parse_time(value: str | None, option: str) -> datetime | None:
-    if value is None:
-        return None
-    check_text(value, option, 64)
-    try:
-        parsed = datetime.fromisoformat(value)
-        parsed = parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
-        parsed.astimezone(UTC)  # 0001-01-01T00:00+01:00 has no UTC instant
-    except ValueError:
-        raise CliError(f"{option}: not an ISO 8601 time: {value!r}") from None
-    except OverflowError:
-        raise CliError(f"{option}: out of range: {value!r}") from None
-    return parsed
-
-
 def _status(value: str | None) -> str | None:
     """``--status``: one of the statuses a lineage row can have."""
     if value is None:
@@ -250,8 +236,8 @@ def audit_cmd(
     report = audit(
         _engine("reports"),
         _engine("lineage"),
-        since=_parse_time(since, "--since"),
-        until=_parse_time(until, "--until"),
+        since=parse_time(since, "--since"),
+        until=parse_time(until, "--until"),
         waiting=_waiting_in_outbox(directory),
         open_reports=_open_reports(directory),
     )
@@ -527,8 +513,8 @@ def list_cmd(
         template_name=check_text(template, "--template"),
         template_version=check_text(version, "--version"),
         status=_status(status),
-        since=_parse_time(since, "--since"),
-        until=_parse_time(until, "--until"),
+        since=parse_time(since, "--since"),
+        until=parse_time(until, "--until"),
         incomplete_only=incomplete,
         caller_trace_id=_trace_id(caller_trace, "--caller-trace"),
     )
@@ -644,8 +630,8 @@ def stats(since: SinceOpt = None, until: UntilOpt = None, json: JsonOpt = False)
     """Per template version: reports, failure rate, p50/p95 of each step."""
     groups = step_stats(
         _engine("lineage"),
-        since=_parse_time(since, "--since"),
-        until=_parse_time(until, "--until"),
+        since=parse_time(since, "--since"),
+        until=parse_time(until, "--until"),
     )
     if json:
         _dump(groups)
@@ -679,22 +665,7 @@ def verify_cmd(report_id: ReportIdArg, json: JsonOpt = False) -> None:
     except VerifyError as exc:
         raise CliError(f"cannot verify: {exc}", 1) from exc
     if json:
-        _dump(
-            {
-                "report_generation_id": result.report_generation_id,
-                "ok": result.ok,
-                "verdict": result.verdict,
-                "explanation": result.explanation,
-                "font_subsetter": {
-                    "recorded": result.recorded_font_subsetter,
-                    "replayed": result.replay_font_subsetter,
-                },
-                "checks": [
-                    {"what": c.what, "recorded": c.recorded, "actual": c.actual, "ok": c.ok}
-                    for c in result.checks
-                ],
-            }
-        )
+        _dump(result.as_dict())
     else:
         for check in result.checks:
             if check.ok:
@@ -759,7 +730,7 @@ def openlineage_cmd(
     if report_id is not None:
         rows = [_row_or_exit(report_id)]
     else:
-        where = ListFilter(since=_parse_time(since, "--since"))
+        where = ListFilter(since=parse_time(since, "--since"))
         listed, _ = list_rows(engine, where, limit=100_000)
         rows = [get_row(engine, str(r["report_generation_id"])) for r in reversed(listed)]
     reports_url = _settings().reports_database_url

@@ -14,6 +14,7 @@ import os
 import stat
 import sys
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -172,3 +173,19 @@ def write_output(path: Path, data: bytes, *, force: bool) -> None:
         raise CliError(f"{path} exists; use --force to overwrite it") from None
     except OSError as exc:
         raise CliError(f"cannot write {path}: {exc.strerror}", 1) from None
+
+
+def parse_time(value: str | None, option: str) -> datetime | None:
+    """``--since``/``--until``: ISO 8601; naive means UTC; an instant that exists in UTC."""
+    if value is None:
+        return None
+    check_text(value, option, 64)
+    try:
+        parsed = datetime.fromisoformat(value)
+        parsed = parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+        parsed.astimezone(UTC)  # 0001-01-01T00:00+01:00 has no UTC instant
+    except ValueError:
+        raise CliError(f"{option}: not an ISO 8601 time: {value!r}") from None
+    except OverflowError:
+        raise CliError(f"{option}: out of range: {value!r}") from None
+    return parsed

@@ -65,6 +65,29 @@ class VerifyResult:
             return "reproduced byte for byte"
         return self.explanation or "not reproduced"
 
+    def as_dict(self) -> dict[str, Any]:
+        """The answer as JSON, for the CLI's ``--json`` and the API alike."""
+        return {
+            "report_generation_id": self.report_generation_id,
+            "ok": self.ok,
+            "verdict": self.verdict,
+            "explanation": self.explanation,
+            "font_subsetter": {
+                "recorded": self.recorded_font_subsetter,
+                "replayed": self.replay_font_subsetter,
+            },
+            "checks": [
+                {
+                    "what": c.what,
+                    "recorded": c.recorded,
+                    "actual": c.actual,
+                    "ok": c.ok,
+                    "result": "matched" if c.ok else "differed",
+                }
+                for c in self.checks
+            ],
+        }
+
 
 def verify(row: Mapping[str, Any]) -> VerifyResult:
     from d6_reports.errors import ReportError, TemplateNotFoundError

@@ -30,7 +30,7 @@ from otel_lineage.reading.query import (
     read_row,
     read_rows_by_output,
 )
-from otel_lineage.reading.verify import VerifyError, VerifyResult, stored_snapshot
+from otel_lineage.reading.verify import VerifyError, stored_snapshot
 from otel_lineage.settings import MEMORY_OUTBOX
 from otel_lineage.web.deps import Requester, log_access
 from otel_lineage.web.errors import ApiError
@@ -179,29 +179,6 @@ def report_detail(row: dict[str, Any], settings: WebSettings) -> dict[str, Any]:
         "jaeger_url": f"{jaeger}/trace/{row['trace_id']}"
         if jaeger and row.get("exported")
         else None,
-    }
-
-
-def verify_answer(result: VerifyResult) -> dict[str, Any]:
-    return {
-        "report_generation_id": result.report_generation_id,
-        "ok": result.ok,
-        "verdict": result.verdict,
-        "explanation": result.explanation,
-        "font_subsetter": {
-            "recorded": result.recorded_font_subsetter,
-            "replayed": result.replay_font_subsetter,
-        },
-        "checks": [
-            {
-                "what": c.what,
-                "recorded": c.recorded,
-                "actual": c.actual,
-                "ok": c.ok,
-                "result": "matched" if c.ok else "differed",
-            }
-            for c in result.checks
-        ],
     }
 
 

@@ -253,7 +253,7 @@ def run_verify(engine: Any, user: Principal, origin: Any, report_id: str) -> dic
 
     def replay(row: dict[str, Any]) -> dict[str, Any]:
         try:
-            return actions.verify_answer(verify(row))
+            return verify(row).as_dict()
         except VerifyError as exc:
             raise ApiError(409, "cannot_verify", f"cannot verify: {exc}") from exc
 
