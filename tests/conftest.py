@@ -17,6 +17,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 import pytest
+from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -26,6 +27,14 @@ from sqlalchemy.orm import Session, sessionmaker
 from d6_reports import db
 from d6_reports.generator import ReportGenerator
 from d6_reports.seed import seed_demo
+
+# In-process CLI tests (CliRunner) run the service's commands, whose start-up would otherwise
+# configure OpenTelemetry for the whole test process: a global provider, a lineage pipeline and
+# its listener, the SQLAlchemy create_engine patch, all leaking into every later test. With a
+# provider already installed the start-up configures nothing (as under opentelemetry-instrument),
+# and D6_ALLOW_NO_LINEAGE lets those commands run. The start-up itself is tested for real in
+# subprocesses (tests/integration/test_documented_commands.py), which get a clean environment.
+trace.set_tracer_provider(TracerProvider())
 
 PG_URL = os.environ.get("D6_TEST_POSTGRES_URL")
 REQUIRE_PG = os.environ.get("D6_TEST_REQUIRE_POSTGRES") == "1"
@@ -61,6 +70,7 @@ def outbox_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Each test gets its own lineage outbox directory (never the repository's ./var)."""
     directory = tmp_path / "outbox"
     monkeypatch.setenv("OTEL_LINEAGE_OUTBOX", str(directory))
+    monkeypatch.setenv("D6_ALLOW_NO_LINEAGE", "true")  # see the provider installed above
     return directory
 
 

@@ -42,6 +42,7 @@ def upgrade() -> None:
         sa.Column("expires_at", TS),
         sa.Column("revoked_at", TS),
         sa.Column("last_used_at", TS),
+        sa.Column("sessions_valid_after", TS),
     )
     op.create_index(
         "ux_lineage_api_keys_active_name",

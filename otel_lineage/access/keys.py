@@ -76,6 +76,8 @@ class ApiKey:
     expires_at: datetime | None
     revoked_at: datetime | None
     last_used_at: datetime | None
+    #: Browser sessions issued before this are void (a sign-out ends every session of the key).
+    sessions_valid_after: datetime | None = None
 
     def active(self, now: datetime | None = None) -> bool:
         """Whether the key lets its holder in at ``now`` (default: the current time)."""
@@ -189,6 +191,16 @@ def get_key(engine: Engine, key_id: str) -> ApiKey | None:
     return None if row is None else _key(row)
 
 
+def end_sessions(engine: Engine, key_id: str, *, at: datetime | None = None) -> None:
+    """Void every browser session of the key issued up to now (sign out, on every worker)."""
+    with engine.begin() as conn:
+        conn.execute(
+            update(lineage_api_keys)
+            .where(lineage_api_keys.c.id == key_id)
+            .values(sessions_valid_after=at or datetime.now(UTC))
+        )
+
+
 def revoke_key(engine: Engine, name_or_id: str, *, audit: AuditHook | None = None) -> ApiKey:
     """Revoke the unrevoked key with this id or name (an id wins over a name); return it.
 
@@ -296,6 +308,7 @@ def _key(row: Row[Any]) -> ApiKey:
         expires_at=_maybe_utc(row.expires_at),
         revoked_at=_maybe_utc(row.revoked_at),
         last_used_at=_maybe_utc(row.last_used_at),
+        sessions_valid_after=_maybe_utc(row.sessions_valid_after),
     )
 
 

@@ -119,6 +119,8 @@ lineage_api_keys = Table(
     Column("expires_at", TS),
     Column("revoked_at", TS),
     Column("last_used_at", TS),
+    # Browser sessions of this key issued before this instant are void (sign out).
+    Column("sessions_valid_after", TS),
     Index(
         "ux_lineage_api_keys_active_name",
         "name",

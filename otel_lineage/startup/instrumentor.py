@@ -71,6 +71,7 @@ def startup_check() -> str | None:
     Raises ``LineageStartError`` (one line) when lineage should capture and does not: a bad
     setting, an SDK that failed to start, a provider without the pipeline.
     """
+    LineageSettings.from_env()  # a bad value is named even when the SDK was set up elsewhere
     if os.environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
         return "OpenTelemetry is disabled (OTEL_SDK_DISABLED=true): reports get no lineage rows"
     if not lineage_enabled():

@@ -117,7 +117,7 @@ def pdf_bytes(row: dict[str, Any], reports_dir: Path) -> bytes:
         raise ApiError(404, "pdf_outside_reports_dir", "the recorded PDF is not a local file")
     try:
         resolved = path.resolve(strict=True)
-    except (OSError, RuntimeError):
+    except (OSError, RuntimeError, ValueError):  # ValueError: an embedded NUL
         raise ApiError(404, "pdf_missing", "the recorded PDF file is gone") from None
     if not path.is_absolute() or not resolved.is_relative_to(reports_dir.resolve()):
         raise ApiError(
@@ -125,15 +125,24 @@ def pdf_bytes(row: dict[str, Any], reports_dir: Path) -> bytes:
             "pdf_outside_reports_dir",
             "the recorded PDF is outside the configured reports directory (D6_REPORTS_DIR)",
         )
+    not_servable = ApiError(404, "pdf_missing", "the recorded PDF is not a servable file")
     try:
-        fd = os.open(resolved, os.O_RDONLY | os.O_NOFOLLOW)
+        # O_NONBLOCK: opening a FIFO must not wait for a writer; the fstat below refuses it.
+        fd = os.open(resolved, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     except OSError:
         raise ApiError(404, "pdf_missing", "the recorded PDF file cannot be opened") from None
-    with os.fdopen(fd, "rb") as handle:
-        info = os.fstat(handle.fileno())
+    try:
+        info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode) or info.st_size > MAX_PDF_BYTES:
-            raise ApiError(404, "pdf_missing", "the recorded PDF is not a servable file")
-        data = handle.read(MAX_PDF_BYTES + 1)
+            raise not_servable
+        with os.fdopen(fd, "rb") as handle:
+            fd = -1  # the file object owns it now
+            data = handle.read(MAX_PDF_BYTES + 1)
+    except OSError:
+        raise not_servable from None
+    finally:
+        if fd >= 0:
+            os.close(fd)
     if hashlib.sha256(data).hexdigest() != row.get("output_sha256"):
         raise ApiError(
             409,

@@ -23,7 +23,7 @@ from otel_lineage.delivery.engines import MissingDatabaseError, create_lineage_e
 from otel_lineage.settings import LineageConfigError
 from otel_lineage.web import api, pages
 from otel_lineage.web.errors import ApiError, BodyTooLargeError, install
-from otel_lineage.web.security import FailureLimiter, SecurityHeaders
+from otel_lineage.web.security import FailureLimiter, SecurityHeaders, UploadsNeedAUser
 from otel_lineage.web.settings import WebSettings
 
 _log = logging.getLogger(__name__)
@@ -55,6 +55,7 @@ def create_app(settings: WebSettings) -> FastAPI:
     app.include_router(api.router)
     app.include_router(pages.router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    app.add_middleware(UploadsNeedAUser, state=app.state)
     app.add_middleware(BodyLimit, limit=settings.max_upload_bytes + MULTIPART_OVERHEAD)
     app.add_middleware(SecurityHeaders)
     _instrument(app)

@@ -119,27 +119,34 @@ def log_access(
     )
 
 
+#: The user the access log names for a request that came with no (valid) key.
+ANONYMOUS = "(no key)"
+
+
 def require(permission: Permission, *, action: str | None = None) -> Callable[..., Principal]:
     """A dependency answering 403 unless the current user's role allows ``permission``;
     with ``action``, the refusal is appended to the access log first."""
 
     def dependency(
-        request: Request, user: CurrentUser, engine: EngineDep, origin: RequesterDep
+        request: Request, maybe: MaybeUser, engine: EngineDep, origin: RequesterDep
     ) -> Principal:
-        if user.can(permission):
-            return user
-        if action is not None:
+        if maybe is not None and maybe.can(permission):
+            return maybe
+        if action is not None:  # a refused read of personal data is logged, anonymous or not
             report_id = request.path_params.get("report_id")
             with untraced(), engine.begin() as conn:
-                log_access(
+                record_access(
                     conn,
-                    user,
-                    origin,
-                    action,
-                    outcome="denied",
+                    user=maybe.name if maybe else ANONYMOUS,
+                    role=str(maybe.role) if maybe else None,
+                    action=action,
                     report_id=str(report_id)[:64] if report_id else None,
-                    detail=f"role {user.role} lacks {permission}",
+                    client=origin.client,
+                    user_agent=origin.user_agent,
+                    outcome="denied",
+                    detail=f"role {maybe.role} lacks {permission}" if maybe else "no key",
                 )
+        user = current_user(maybe)  # 401 for nobody
         raise ApiError(
             403,
             "forbidden",

@@ -16,6 +16,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 _log = logging.getLogger(__name__)
 
@@ -73,7 +74,36 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(ApiError, _api_error)  # type: ignore[arg-type]
     app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
     app.add_exception_handler(StarletteHTTPException, _http_error)  # type: ignore[arg-type]
-    app.add_exception_handler(Exception, _unexpected)
+    app.add_middleware(UnexpectedErrors)
+
+
+class UnexpectedErrors:
+    """Pure ASGI middleware: an unexpected exception becomes the documented 500, logged by
+    type only. (Starlette's handler for ``Exception`` answers, then re-raises to the server,
+    which logs the whole traceback and message at ERROR: paths, and possibly data.)"""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def watched(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watched)
+        except Exception as exc:
+            if started:
+                raise  # the answer is under way: nothing else can be said
+            request = Request(scope)
+            response = await _unexpected(request, exc)
+            await response(scope, receive, send)
 
 
 async def _api_error(request: Request, exc: ApiError) -> Response:
@@ -98,7 +128,8 @@ async def _http_error(request: Request, exc: StarletteHTTPException) -> Response
 
 
 async def _unexpected(request: Request, exc: Exception) -> Response:
-    _log.error("unexpected %s serving %s", type(exc).__name__, request.scope.get("route_path"))
+    route = getattr(request.scope.get("route"), "path", None) or request.url.path[:200]
+    _log.error("unexpected %s serving %s %s", type(exc).__name__, request.method, route)
     _log.debug("unexpected error", exc_info=exc)
     return respond(
         request, ApiError(500, "internal_error", "internal error: the service log names its type")

@@ -20,7 +20,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 
-from otel_lineage.access.keys import authenticate
+from otel_lineage.access.keys import authenticate, end_sessions
 from otel_lineage.access.log import record_access
 from otel_lineage.access.roles import Permission
 from otel_lineage.delivery.store import untraced
@@ -151,22 +151,27 @@ def login(
 ) -> Response:
     check_csrf(request, settings, csrf_token)
     client = client_address(request, settings)
-    failures.check(client)
     with untraced():
         key = authenticate(engine, api_key.strip()) if api_key.strip() else None
-        with engine.begin() as conn:
-            record_access(
-                conn,
-                user=key.name if key else "(unknown key)",
-                role=str(key.role) if key else None,
-                action="sign_in",
-                report_id=None,
-                client=origin.client,
-                user_agent=origin.user_agent,
-                outcome="allowed" if key else "denied",
-                detail=None if key else "unknown, revoked or expired key",
-            )
     if key is None:
+        # Only failures are limited (a valid key is never locked out by others' mistakes
+        # from a shared address); a refused attempt is logged, limited or not.
+        limited = failures.retry_after(client)
+        outcome_detail = "rate limited" if limited else "unknown, revoked or expired key"
+    with untraced(), engine.begin() as conn:
+        record_access(
+            conn,
+            user=key.name if key else "(unknown key)",
+            role=str(key.role) if key else None,
+            action="sign_in",
+            report_id=None,
+            client=origin.client,
+            user_agent=origin.user_agent,
+            outcome="allowed" if key else "denied",
+            detail=None if key else outcome_detail,
+        )
+    if key is None:
+        failures.check(client)
         failures.failed(client)
         context = {"error": "That key is unknown, revoked or expired."}
         return render(request, "login.html.j2", None, context, status=401)
@@ -190,9 +195,16 @@ def login(
 def logout(
     request: Request,
     settings: SettingsDep,
+    engine: EngineDep,
+    user: MaybeUser,
     csrf_token: Annotated[str | None, Form(max_length=200)] = None,
 ) -> Response:
+    """Sign out: the cookie is dropped *and* voided on the server (a copy of it, kept by
+    someone else, stops working too), on every worker."""
     check_csrf(request, settings, csrf_token)
+    if user is not None and user.via == "session" and user.key_id is not None:
+        with untraced():
+            end_sessions(engine, user.key_id)
     response = RedirectResponse("/login", status_code=303)
     response.delete_cookie(SESSION_COOKIE, path="/")
     return response

@@ -31,9 +31,12 @@ from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy import Engine
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
+from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from otel_lineage.access.keys import authenticate, get_key
@@ -61,6 +64,10 @@ SECURITY_HEADERS = (
     (b"cross-origin-opener-policy", b"same-origin"),
 )
 _ROLE_RANK = {Role.SUPPORT: 0, Role.AUDITOR: 1, Role.ADMIN: 2}
+#: What ``--no-auth`` never allows: a key minted there would outlive the demo.
+NO_AUTH_NEVER = frozenset({Permission.MANAGE_KEYS, Permission.PRUNE})
+#: Host names a ``--no-auth`` request may use (anything else: DNS rebinding or a proxy).
+_LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain"})
 _MAX_USER_CHARS = 200
 
 
@@ -74,6 +81,8 @@ class Principal:
     key_id: str | None = None
 
     def can(self, permission: Permission) -> bool:
+        if self.via == "no-auth" and permission in NO_AUTH_NEVER:
+            return False  # nothing done in a keyless demo may outlive it
         return allows(self.role, permission)
 
 
@@ -124,23 +133,32 @@ def _sign(secret: bytes, purpose: str, value: str) -> str:
     return base64.urlsafe_b64encode(mac).decode().rstrip("=")
 
 
-def session_value(secret: bytes, key_id: str, expires_at: int) -> str:
-    payload = f"{key_id}|{expires_at}"
+def session_value(
+    secret: bytes, key_id: str, expires_at: int, issued_at: float | None = None
+) -> str:
+    """A signed session: key id, issue time (microseconds: a sign-out voids sessions issued
+    up to its instant), expiry."""
+    issued = int((time.time() if issued_at is None else issued_at) * 1_000_000)
+    payload = f"{key_id}|{issued}|{expires_at}"
     return f"{payload}|{_sign(secret, 'session', payload)}"
 
 
-def session_key_id(secret: bytes, value: str, now: float | None = None) -> str | None:
-    """The key id of a valid, unexpired session cookie, else None."""
-    key_id, sep, rest = value.partition("|")
-    expires, sep2, mac = rest.partition("|")
-    if not (sep and sep2 and expires.isdigit()):
+def session_claims(
+    secret: bytes, value: str, now: float | None = None
+) -> tuple[str, datetime] | None:
+    """(key id, issue time) of a valid, unexpired session cookie, else None."""
+    parts = value.split("|")
+    if len(parts) != 4:
         return None
-    expected = _sign(secret, "session", f"{key_id}|{expires}")
+    key_id, issued, expires, mac = parts
+    if not (issued.isdigit() and expires.isdigit()):
+        return None
+    expected = _sign(secret, "session", f"{key_id}|{issued}|{expires}")
     if not hmac.compare_digest(expected, mac):
         return None
     if int(expires) < (time.time() if now is None else now):
         return None
-    return key_id
+    return key_id, datetime.fromtimestamp(int(issued) / 1_000_000, UTC)
 
 
 def new_csrf_token(secret: bytes) -> str:
@@ -233,14 +251,17 @@ def identify_request(
     Raises ``ApiError`` 401 for a wrong bearer key and 429 for a client over the failure limit.
     """
     if settings.no_auth:
+        _require_loopback(request)
         return Principal(NO_AUTH_USER, Role.ADMIN, "no-auth")
     secret = bearer_secret(request)
     if request.headers.get("authorization") is not None:
         client = client_address(request, settings)
-        limiter.check(client)
         with untraced():
             key = authenticate(engine, secret) if secret else None
         if key is None:
+            # Only failures are limited: a valid key is never locked out by others' mistakes
+            # from a shared address.
+            limiter.check(client)
             limiter.failed(client)
             raise ApiError(
                 401,
@@ -253,14 +274,37 @@ def identify_request(
     if proxied is not None:
         return proxied
     cookie = request.cookies.get(SESSION_COOKIE)
-    key_id = session_key_id(settings.secret, cookie) if cookie else None
-    if key_id is None:
+    claims = session_claims(settings.secret, cookie) if cookie else None
+    if claims is None:
         return None
+    key_id, issued_at = claims
     with untraced():
         key = get_key(engine, key_id)
     if key is None or not key.active(datetime.now(UTC)):
         return None
+    if key.sessions_valid_after is not None and issued_at <= key.sessions_valid_after:
+        return None  # signed out
     return Principal(key.name, key.role, "session", key.id)
+
+
+def _require_loopback(request: Request) -> None:
+    """``--no-auth`` answers only loopback peers that name a loopback host: a page that
+    rebinds its own DNS name to 127.0.0.1 sends its own name in ``Host`` and is refused."""
+    host = (request.headers.get("host") or "").rsplit(":", 1)[0].strip("[]").lower()
+    loopback_host = host in _LOOPBACK_NAMES or _is_loopback(host)
+    if not (loopback_host and _is_loopback(peer_address(request))):
+        raise ApiError(
+            403,
+            "not_loopback",
+            "this keyless demo server answers only http://127.0.0.1 or http://localhost",
+        )
+
+
+def _is_loopback(address: str) -> bool:
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return False
 
 
 def _proxy_principal(request: Request, settings: WebSettings) -> Principal | None:
@@ -282,11 +326,14 @@ def _proxy_principal(request: Request, settings: WebSettings) -> Principal | Non
 
 
 def _proxy_role(value: str, settings: WebSettings) -> Role | None:
-    """The highest role named by the header's comma-separated values (directly or mapped)."""
+    """The highest role named by the header's comma-separated values: through the role map
+    when one is configured (then only mapped groups count: a group that happens to be called
+    "admin" grants nothing), else by role name."""
     roles = []
+    mapping = settings.proxy_role_map
     for item in (part.strip() for part in value.split(",")):
-        name = settings.proxy_role_map.get(item, item)
-        if name in Role._value2member_map_:
+        name = mapping.get(item) if mapping else item
+        if name is not None and name in Role._value2member_map_:
             roles.append(Role(name))
     return max(roles, key=_ROLE_RANK.__getitem__) if roles else None
 
@@ -306,11 +353,50 @@ class SecurityHeaders:
             await self.app(scope, receive, send)
             return
 
+        path = str(scope.get("path", ""))
+
         async def with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
                 present = {name.lower() for name, _ in message.get("headers", [])}
                 extra = [(n, v) for n, v in SECURITY_HEADERS if n not in present]
+                if b"cache-control" not in present and not path.startswith("/static/"):
+                    extra.append((b"cache-control", b"no-store"))  # personal data, secrets
                 message["headers"] = [*message.get("headers", []), *extra]
             await send(message)
 
         await self.app(scope, receive, with_headers)
+
+
+#: The endpoints that take an upload (a PDF to identify).
+UPLOAD_PATHS = frozenset({"/api/v1/identify", "/identify"})
+
+
+class UploadsNeedAUser:
+    """Pure ASGI middleware: an upload from nobody is refused before a byte of its body is
+    read. FastAPI reads a form body before it runs the route's dependencies, so without this
+    an anonymous client could make the server take in 50 MB per request, unauthenticated."""
+
+    def __init__(self, app: ASGIApp, state: Any) -> None:
+        self.app, self.state = app, state
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope.get("method") != "POST":
+            await self.app(scope, receive, send)
+            return
+        if scope.get("path") not in UPLOAD_PATHS:
+            await self.app(scope, receive, send)
+            return
+        request = Request(scope)
+        state = self.state
+        try:
+            user = await run_in_threadpool(
+                identify_request, request, state.engine, state.settings, state.limiter
+            )
+        except ApiError as exc:
+            await JSONResponse(exc.body(), exc.status, headers=exc.headers)(scope, receive, send)
+            return
+        if user is None:
+            error = ApiError(401, "unauthenticated", "sign in before uploading a PDF")
+            await JSONResponse(error.body(), 401)(scope, receive, send)
+            return
+        await self.app(scope, receive, send)

@@ -163,6 +163,8 @@ def test_instrumentor_attaches_to_a_given_provider(
     from otel_lineage.startup.instrumentor import LineageInstrumentor, startup_check
 
     monkeypatch.setenv("OTEL_LINEAGE_DATABASE_URL", db_url)
+    monkeypatch.setattr(LineageInstrumentor, "refused", None)  # no distro ran in this process
+    monkeypatch.setattr(LineageInstrumentor, "failure", None)
     # A sampler that can drop report roots is refused, loudly, and the check says why.
     dropping = TracerProvider(sampler=TraceIdRatioBased(0.5))
     with pytest.raises(LineageConfigError, match="drops report traces"):

@@ -56,7 +56,9 @@ class Site:
         return dataclasses.replace(settings, **changes)
 
     def client(self, **changes: Any) -> TestClient:
-        return TestClient(create_app(self.settings(**changes)), client=CLIENT)
+        # A loopback peer that names a loopback host, as a local browser does.
+        app = create_app(self.settings(**changes))
+        return TestClient(app, base_url="http://127.0.0.1", client=CLIENT)
 
     def auth(self, role: str) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.keys[role]}"}

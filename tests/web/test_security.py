@@ -4,6 +4,7 @@ checks, through the real app on SQLite and PostgreSQL."""
 from __future__ import annotations
 
 import ipaddress
+import os
 from pathlib import Path
 
 import pytest
@@ -58,6 +59,18 @@ def test_sign_in_sets_a_strict_cookie_and_revocation_ends_the_session(site: Site
         assert site.access_rows()[0]["action"] == "sign_in"
         from otel_lineage.access.keys import revoke_key
 
+        # Sign-out voids the cookie on the server: a copy kept elsewhere stops working.
+        copied = browser.cookies.get("lineage_session")
+        browser.post("/logout", data={"csrf_token": _csrf(browser)}, follow_redirects=False)
+        with site.client() as thief:
+            thief.cookies.set("lineage_session", str(copied))
+            assert thief.get("/api/v1/me").status_code == 401
+        browser.post(
+            "/login",
+            data={"api_key": site.keys["support"], "csrf_token": _csrf(browser)},
+            follow_redirects=False,
+        )
+        assert browser.get("/api/v1/me").status_code == 200  # a new session works
         revoke_key(site.engine, "support")
         assert browser.get("/api/v1/me").status_code == 401
         assert browser.get("/", follow_redirects=False).headers["location"] == "/login"
@@ -119,11 +132,13 @@ def test_csrf_is_refused_on_cookie_posts_without_a_token(site: Site, client: Tes
 def test_failed_sign_ins_are_rate_limited(site: Site, client: TestClient) -> None:
     codes = [sign_in(client, "d6l_" + "x" * 43) for _ in range(10)]
     assert codes == [401] * 10
-    assert sign_in(client, site.keys["support"]) == 429  # even the right key, for a minute
     limited = client.get("/api/v1/reports", headers={"Authorization": "Bearer d6l_nope"})
     assert limited.status_code == 429 and int(limited.headers["retry-after"]) > 0
+    # Only failures are limited: a valid key from the same (shared) address still gets in.
+    assert client.get("/api/v1/me", headers=site.auth("support")).status_code == 200
     denied = [r for r in site.access_rows() if r["action"] == "sign_in"]
     assert len(denied) == 10 and {r["outcome"] for r in denied} == {"denied"}
+    assert sign_in(client, site.keys["support"]) in (303, 200)
 
 
 def test_security_headers_on_every_response(site: Site, client: TestClient) -> None:
@@ -204,6 +219,11 @@ def test_trusted_proxy_mode(site: Site) -> None:
             "/api/v1/me", headers={"X-Forwarded-User": "eve", "X-Forwarded-Groups": "staff"}
         )
         assert no_role.status_code == 403 and no_role.json()["error"]["code"] == "no_role"
+        # With a role map, only mapped groups count: a group named "admin" grants nothing.
+        unmapped = proxied.get(
+            "/api/v1/me", headers={"X-Forwarded-User": "eve", "X-Forwarded-Groups": "admin"}
+        )
+        assert unmapped.status_code == 403
     untrusted = {**env, "OTEL_LINEAGE_TRUSTED_PROXIES": "10.0.0.0/8"}
     with site.client(env=untrusted) as direct:
         spoofed = direct.get(
@@ -218,6 +238,13 @@ def test_no_auth_is_loopback_only_and_shows_a_banner(site: Site, tmp_path: Path)
         WebSettings.from_env(env, no_auth=True, secret_file=tmp_path / "s")
     with site.client(no_auth=True) as anyone:
         assert anyone.get("/api/v1/me").json()["role"] == "admin"
+        # DNS rebinding: a page on another name that resolves to 127.0.0.1 is refused.
+        rebound = anyone.get("/api/v1/me", headers={"Host": "rebind.example:8080"})
+        assert rebound.status_code == 403 and rebound.json()["error"]["code"] == "not_loopback"
+        # Nothing made in a keyless demo may outlive it: no keys, no prune.
+        token = _csrf(anyone)
+        minted = anyone.post("/api/v1/keys?name=x&role=admin", headers={"X-CSRF-Token": token})
+        assert minted.status_code == 403
         page = anyone.get("/")
         assert 'id="no-auth-banner"' in page.text
         assert anyone.get(f"/api/v1/reports/{site.report_ids[0]}/inputs").status_code == 200
@@ -239,3 +266,30 @@ def test_settings_are_checked_with_one_line_errors(site: Site, tmp_path: Path) -
     again = WebSettings.from_env(without, secret_file=tmp_path / "var" / "secret")
     assert first.secret == again.secret != SECRET.encode()
     assert (tmp_path / "var" / "secret").stat().st_mode & 0o777 == 0o600
+
+
+def test_odd_recorded_paths_are_404_and_leak_nothing(
+    site: Site, client: TestClient, tmp_path: Path
+) -> None:
+    rid = site.report_ids[0]
+    fifo = site.reports_dir / "fifo.pdf"
+    os.mkfifo(fifo)
+    fds_before = len(os.listdir("/proc/self/fd"))
+    for uri in (site.reports_dir.as_uri(), fifo.as_uri(), f"{site.reports_dir.as_uri()}/x%00.pdf"):
+        _point_pdf_at(site, rid, uri)
+        for _ in range(5):
+            answer = client.get(f"/api/v1/reports/{rid}/pdf", headers=site.auth("support"))
+            assert answer.status_code == 404, uri  # a FIFO never blocks: no writer is awaited
+    assert len(os.listdir("/proc/self/fd")) <= fds_before + 2  # no descriptor left open
+
+
+def test_nobody_uploads_and_api_answers_are_never_cached(site: Site, client: TestClient) -> None:
+    upload = client.post("/api/v1/identify", files={"file": ("x.pdf", b"%PDF-1.7 " * 1000)})
+    assert upload.status_code == 401
+    assert not [r for r in site.access_rows() if r["action"] == "identify"]
+    answer = client.get("/api/v1/reports", headers=site.auth("support"))
+    assert answer.headers["cache-control"] == "no-store"
+    anonymous = client.get(f"/api/v1/reports/{site.report_ids[0]}/inputs")
+    assert anonymous.status_code == 401
+    (logged,) = [r for r in site.access_rows() if r["action"] == "read_inputs"]
+    assert (logged["user"], logged["outcome"]) == ("(no key)", "denied")
