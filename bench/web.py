@@ -236,7 +236,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         with engine.begin() as conn:
             print(f"bench.web: filling {args.rows:,} rows ...", file=sys.stderr, flush=True)
             conn.execute(text(queries.FILL), {"n": args.rows})
-        with engine.connect() as conn:
+        with engine.begin() as conn:  # committed: a rolled-back ANALYZE leaves no statistics
             conn.execute(text("ANALYZE report_lineage"))
         engine.dispose()
         print("bench.web: measuring ...", file=sys.stderr, flush=True)
