@@ -33,8 +33,7 @@ from otel_lineage.access.keys import (
 )
 from otel_lineage.access.log import MAX_LIMIT, list_access, record_access
 from otel_lineage.access.roles import parse_role
-from otel_lineage.cli.support import MAX_ID, CliError, check_text, label_engine, parse_time, text
-from otel_lineage.delivery.engines import MissingDatabaseError, create_lineage_engine, sqlite_path
+from otel_lineage.cli.support import MAX_ID, CliError, check_text, cli_engine, parse_time, text
 from otel_lineage.settings import LineageSettings
 
 keys_app = typer.Typer(help="API keys of the lineage service.", no_args_is_help=True)
@@ -57,14 +56,8 @@ def _engine(ctx: typer.Context, *, write: bool) -> Engine:
         url = LineageSettings.from_env().database_url
     except ValueError as exc:  # LineageConfigError: one line naming the variable
         raise CliError(str(exc)) from exc
-    path = sqlite_path(url)
-    if write and path is not None and not path.is_file():
-        raise MissingDatabaseError(f"no database at {path}; run `d6-reports db upgrade`")
     timeout = float(ctx.find_root().params.get("db_timeout") or 30.0)
-    engine = create_lineage_engine(
-        url, connect_timeout_s=timeout, statement_timeout_s=timeout, read_only=not write
-    )
-    return label_engine(engine, "lineage", timeout)
+    return cli_engine(url, "lineage", write=write, timeout_s=timeout)
 
 
 def parse_expiry(value: str | None, now: datetime) -> datetime | None:

@@ -34,12 +34,11 @@ from otel_lineage.cli.support import (
     CliError,
     OneLineErrors,
     check_text,
-    label_engine,
+    cli_engine,
     parse_time,
     text,
     write_output,
 )
-from otel_lineage.delivery.engines import MissingDatabaseError, create_lineage_engine, sqlite_path
 from otel_lineage.delivery.outbox import (
     OutboxHandOff,
     inspect_outboxes,
@@ -143,14 +142,8 @@ def _engine(which: str, *, write: bool = False) -> Engine:
     """The lineage (or report) database engine: never creates a file, always has deadlines."""
     settings = _settings()
     url = settings.database_url if which == "lineage" else settings.reports_database_url
-    path = sqlite_path(url)
-    if write and path is not None and not path.is_file():
-        raise MissingDatabaseError(f"no database at {path}; run `d6-reports db upgrade`")
-    timeout = _options.db_timeout_s
-    engine = create_lineage_engine(
-        url, connect_timeout_s=timeout, statement_timeout_s=timeout, read_only=not write
-    )
-    return label_engine(engine, which if which == "lineage" else "report", timeout)
+    label = which if which == "lineage" else "report"
+    return cli_engine(url, label, write=write, timeout_s=_options.db_timeout_s)
 
 
 def _dump(value: Any) -> None:

@@ -26,7 +26,12 @@ from sqlalchemy.engine import ExceptionContext
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from typer.core import TyperGroup
 
-from otel_lineage.delivery.engines import UPGRADE_HINT, MissingDatabaseError
+from otel_lineage.delivery.engines import (
+    UPGRADE_HINT,
+    MissingDatabaseError,
+    create_lineage_engine,
+    sqlite_path,
+)
 
 #: Bad usage or configuration (the convention of Click's usage errors too).
 USAGE = 2
@@ -189,3 +194,14 @@ def parse_time(value: str | None, option: str) -> datetime | None:
     except OverflowError:
         raise CliError(f"{option}: out of range: {value!r}") from None
     return parsed
+
+
+def cli_engine(url: str, label: str, *, write: bool, timeout_s: float) -> Engine:
+    """An engine for a command: never creates a database file, always has deadlines."""
+    path = sqlite_path(url)
+    if write and path is not None and not path.is_file():
+        raise MissingDatabaseError(f"no database at {path}; {UPGRADE_HINT}")
+    engine = create_lineage_engine(
+        url, connect_timeout_s=timeout_s, statement_timeout_s=timeout_s, read_only=not write
+    )
+    return label_engine(engine, label, timeout_s)
