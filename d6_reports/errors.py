@@ -17,6 +17,8 @@ class ReportError(Exception):
 
     error_type = "ReportError"
     description = "the report could not be generated"
+    #: A later attempt of the same request may succeed (infrastructure, not the report).
+    retryable = False
 
 
 class BusinessNotFoundError(ReportError):
@@ -61,3 +63,48 @@ class GenerationTimeoutError(ReportError):
 
     error_type = "timeout"
     description = "a generation step ran past its time limit"
+
+
+class DatabaseUnavailableError(ReportError):
+    """The report database could not be reached (refused, dropped, timed out).
+
+    Unlike every other error here it says nothing about the report itself: the same request
+    may succeed once the database is back, so a task queue retries it (``retryable``).
+    """
+
+    error_type = "database_unavailable"
+    description = "the report database could not be reached"
+    retryable = True
+
+
+class GenerationNotFoundError(ReportError):
+    """A queued generation id that names no pending row of this business and template."""
+
+    error_type = "GenerationNotFound"
+    description = "the queued report generation does not exist or does not match the request"
+
+
+class SupersededError(ReportError):
+    """Another attempt claimed the generation while this one ran (a redelivered task)."""
+
+    error_type = "superseded"
+    description = "a later attempt of the same report generation took it over"
+
+
+def describe(error_type: str) -> str:
+    """``"<error_type>: <fixed sentence>"`` for an error type stored on a row.
+
+    What may be shown of a stored failure anywhere: the stored message may quote customer data.
+    """
+    known = {cls.error_type: cls for cls in _subclasses(ReportError)}
+    cls = known.get(error_type)
+    if cls is None:
+        return f"{error_type}: unexpected error (details in the ReportGeneration row)"
+    return f"{error_type}: {cls.description}"
+
+
+def _subclasses(cls: type[ReportError]) -> list[type[ReportError]]:
+    found = [cls]
+    for sub in cls.__subclasses__():
+        found += _subclasses(sub)
+    return found

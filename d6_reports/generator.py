@@ -34,11 +34,22 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.trace import Link, Span, SpanKind, Status, StatusCode
+from sqlalchemy import or_, select, update
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session, sessionmaker
 
 from d6_reports import telemetry as t
-from d6_reports.errors import GenerationTimeoutError, ReportError, StorageError
+from d6_reports.errors import (
+    DatabaseUnavailableError,
+    GenerationNotFoundError,
+    GenerationTimeoutError,
+    ReportError,
+    StorageError,
+    SupersededError,
+    describe,
+)
 from d6_reports.inputs import (
     DEFAULT_MAX_FIELD_CHARS,
     DEFAULT_MAX_SNAPSHOT_BYTES,
@@ -57,6 +68,11 @@ DEFAULT_PDF_TIMEOUT_S = 300.0
 #: Template names and versions are directory names: short, plain, no path separators.
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,99}")
 _NAME_RULE = "1 to 100 letters, digits, '.', '_', '+' or '-', not starting with a symbol"
+#: A queued generation id: the canonical text of a UUID (what ``uuid.uuid4()`` gives).
+_GENERATION_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+#: SQLSTATE classes of a lost or refused connection: connection exception, operator
+#: intervention (server shutting down, crash recovery).
+_UNAVAILABLE_SQLSTATES = ("08", "57P")
 _T = TypeVar("_T")
 _log = logging.getLogger(__name__)
 
@@ -94,6 +110,13 @@ class GenerationResult:
     error_description: str | None = None
     warnings: tuple[str, ...] = ()
     trace_id: str | None = None
+    #: Which attempt of the generation this was (1 unless a queued task was redelivered).
+    attempt: int | None = None
+    #: A queued generation that an earlier attempt already finished: nothing was run now, and
+    #: the fields describe the stored outcome (``success`` is True if it completed).
+    already_finished: bool = False
+    #: The failure was infrastructure (the database unreachable): a later attempt may succeed.
+    retryable: bool = False
 
 
 @dataclass
@@ -103,6 +126,9 @@ class _Run:
     generation_id: str
     business_id: int
     options: GenerationOptions
+    #: 1 for a direct call; the claimed attempt number for a queued generation.
+    attempt: int = 1
+    queued: bool = False
     started: float = field(default_factory=time.perf_counter)
     timings_ms: dict[str, float] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
@@ -157,37 +183,73 @@ class ReportGenerator:
         return await asyncio.get_running_loop().run_in_executor(self._executor, call)
 
     async def _db(self, work: Callable[[Session], _T]) -> _T:
-        """``work(session)`` in a new session: on a thread, or through ``run_sync``."""
-        if isinstance(self._sessions, async_sessionmaker):
-            async with self._sessions() as session:
-                return await session.run_sync(work)
-        sessions = self._sessions
+        """``work(session)`` in a new session: on a thread, or through ``run_sync``.
 
-        def call() -> _T:
-            with sessions() as session:
-                return work(session)
+        A connection that cannot be made or is lost becomes ``DatabaseUnavailableError``
+        (retryable); every other database error keeps its own type.
+        """
+        try:
+            if isinstance(self._sessions, async_sessionmaker):
+                async with self._sessions() as session:
+                    return await session.run_sync(work)
+            sessions = self._sessions
 
-        return await self._in_thread(call)
+            def call() -> _T:
+                with sessions() as session:
+                    return work(session)
+
+            return await self._in_thread(call)
+        except Exception as exc:
+            if _database_unreachable(exc):
+                raise DatabaseUnavailableError(
+                    f"the report database could not be reached: {exc}"
+                ) from exc
+            raise
 
     # -- public API -------------------------------------------------------------------------
 
     async def generate_report(
-        self, business_id: int, options: GenerationOptions | None = None
+        self,
+        business_id: int,
+        options: GenerationOptions | None = None,
+        *,
+        generation_id: str | None = None,
+        task_id: str | None = None,
     ) -> GenerationResult:
         """Generate one report. Never raises once its arguments are valid: every failure,
         expected or not, is the result's ``error_type``/``error_message`` and the row's.
 
+        ``generation_id`` runs a generation queued beforehand (a ``pending`` row of this
+        business and template, see ``d6_reports.queue``) instead of creating one. Its row is
+        claimed atomically before anything else: a generation that an earlier attempt already
+        finished is not run again (``already_finished``), and a redelivered task resumes the
+        same row as its next ``attempt``. Only the latest attempt can complete it, so a
+        generation completes at most once. ``task_id`` is recorded on the report's root span.
+
         Raises ``TypeError``/``ValueError`` for invalid arguments (no row is written then).
         """
         options = _validate(business_id, options)
-        run = _Run(generation_id=str(uuid.uuid4()), business_id=business_id, options=options)
+        _validate_ids(generation_id, task_id)
+        run = _Run(
+            generation_id=generation_id or str(uuid.uuid4()),
+            business_id=business_id,
+            options=options,
+            queued=generation_id is not None,
+        )
+        if run.queued:
+            refused = await self._claim(run)
+            if refused is not None:
+                return refused
         attributes: dict[str, str | int] = {  # what the sampler and processor see at start
             t.GENERATION_ID: run.generation_id,
             t.BUSINESS_ID: business_id,
             t.TEMPLATE_NAME: options.template_name,
+            t.ATTEMPT: run.attempt,
         }
         if options.template_version is not None:
             attributes[t.TEMPLATE_VERSION] = options.template_version
+        if task_id is not None:
+            attributes[t.TASK_ID] = task_id
         run.carrier.update(attributes)
         caller = trace.get_current_span()
         caller_context = caller.get_span_context()
@@ -210,7 +272,8 @@ class ReportGenerator:
         ) as root:
             _announce(caller, run.generation_id, root)
             try:
-                await self._db(functools.partial(_insert_row, run))
+                start_row = _start_row if run.queued else _insert_row
+                await self._db(functools.partial(start_row, run))
                 run.row_written = True
                 await self._run_steps(run, root)
             except Exception as exc:
@@ -218,11 +281,55 @@ class ReportGenerator:
             _record(run, root, {t.STATUS: GenerationStatus.COMPLETED.value})
             return self._result(run, root)
 
+    async def _claim(self, run: _Run) -> GenerationResult | None:
+        """Claim a queued generation's row for this attempt; a result when it cannot be run.
+
+        The claim is one conditional ``UPDATE``, so of two deliveries of the same task only
+        the later claim owns the row. It happens before the report's trace starts: a delivery
+        that finds the generation finished leaves no trace and no lineage row behind.
+        """
+        try:
+            claimed = await self._db(functools.partial(_claim_row, run))
+        except Exception as exc:
+            return self._unstarted(run, exc)
+        if isinstance(claimed, int):
+            run.attempt = claimed
+            return None
+        if claimed is None:
+            missing = GenerationNotFoundError(
+                f"no queued generation {run.generation_id} of business {run.business_id} "
+                f"with template {run.options.template_name}"
+            )
+            return self._unstarted(run, missing)
+        return claimed
+
+    def _unstarted(self, run: _Run, exc: Exception) -> GenerationResult:
+        """A queued generation that could not start (no span, no lineage: nothing ran)."""
+        _log.warning("queued report %s could not start: %s", run.generation_id, _description(exc))
+        return GenerationResult(
+            success=False,
+            generation_id=run.generation_id,
+            business_id=run.business_id,
+            template_name=run.options.template_name,
+            template_version=run.options.template_version,
+            error_type=_error_type(exc),
+            error_message=str(exc),
+            error_description=_description(exc),
+            retryable=_retryable(exc),
+        )
+
     def generate_report_sync(
-        self, business_id: int, options: GenerationOptions | None = None
+        self,
+        business_id: int,
+        options: GenerationOptions | None = None,
+        *,
+        generation_id: str | None = None,
+        task_id: str | None = None,
     ) -> GenerationResult:
         """Blocking wrapper for callers without an event loop."""
-        return asyncio.run(self.generate_report(business_id, options))
+        return asyncio.run(
+            self.generate_report(business_id, options, generation_id=generation_id, task_id=task_id)
+        )
 
     async def generate_many(
         self,
@@ -384,6 +491,8 @@ class ReportGenerator:
             trace_id=(
                 trace.format_trace_id(span_context.trace_id) if span_context.is_valid else None
             ),
+            attempt=run.attempt,
+            retryable=_retryable(error) if error else False,
         )
 
     @contextlib.contextmanager
@@ -433,6 +542,7 @@ def _insert_row(run: _Run, session: Session) -> None:
             template_name=run.options.template_name,
             template_version=run.options.template_version,
             status=GenerationStatus.GENERATING.value,
+            attempts=run.attempt,
             requested_at=now,
             started_at=now,
         )
@@ -440,33 +550,162 @@ def _insert_row(run: _Run, session: Session) -> None:
     session.commit()
 
 
+#: Failures that say nothing about the report: the database was unreachable, or the process
+#: died mid-report (``otel-lineage recover`` marks those "abandoned"). A retry may succeed.
+RETRYABLE_FAILURES = (DatabaseUnavailableError.error_type, "abandoned")
+#: Rows a queued attempt may claim: not started, started by an attempt that never ended (its
+#: worker died), or failed only for one of the reasons above.
+_CLAIMABLE = or_(
+    ReportGeneration.status.in_(
+        (GenerationStatus.PENDING.value, GenerationStatus.GENERATING.value)
+    ),
+    (ReportGeneration.status == GenerationStatus.FAILED.value)
+    & ReportGeneration.error_type.in_(RETRYABLE_FAILURES),
+)
+
+
+def _claim_row(run: _Run, session: Session) -> int | GenerationResult | None:
+    """This attempt's number if the row was claimed, the stored outcome if the generation is
+    finished, None if no such queued generation exists.
+
+    A bulk ``UPDATE`` (no ORM flush, so no mapper events: the row is stamped with the report's
+    trace by ``_start_row``, inside it).
+    """
+    matches = (
+        (ReportGeneration.id == run.generation_id)
+        & (ReportGeneration.business_id == run.business_id)
+        & (ReportGeneration.template_name == run.options.template_name)
+    )
+    attempt = session.execute(
+        update(ReportGeneration)
+        .where(matches, _CLAIMABLE)
+        .values(
+            status=GenerationStatus.GENERATING.value,
+            attempts=ReportGeneration.attempts + 1,
+            error_type=None,
+            error_message=None,
+        )
+        .returning(ReportGeneration.attempts)
+        .execution_options(synchronize_session=False)
+    ).scalar_one_or_none()
+    if attempt is not None:
+        session.commit()
+        return int(attempt)
+    row = session.scalars(select(ReportGeneration).where(matches)).one_or_none()
+    if row is None:
+        return None
+    return GenerationResult(
+        success=row.status == GenerationStatus.COMPLETED.value,
+        generation_id=row.id,
+        business_id=row.business_id,
+        template_name=row.template_name,
+        template_version=row.template_version,
+        pdf_path=Path(row.pdf_path) if row.pdf_path else None,
+        pdf_sha256=row.pdf_sha256,
+        pdf_bytes=row.pdf_bytes,
+        pages=row.pdf_pages,
+        error_type=row.error_type,
+        error_message=row.error_message,
+        error_description=describe(row.error_type) if row.error_type else None,
+        trace_id=row.trace_id,
+        attempt=row.attempts,
+        already_finished=True,
+    )
+
+
+def _start_row(run: _Run, session: Session) -> None:
+    """Mark a claimed row started, inside the report's trace (its trace id is stamped now)."""
+    row = session.get_one(ReportGeneration, run.generation_id)
+    if row.attempts != run.attempt or row.status != GenerationStatus.GENERATING.value:
+        raise SupersededError(
+            f"generation {run.generation_id}: attempt {row.attempts} took over from "
+            f"attempt {run.attempt} before it started"
+        )
+    row.started_at = _now()
+    session.commit()
+
+
+def _owned(run: _Run) -> Any:
+    """The row, while this attempt still owns it (no later attempt claimed it)."""
+    return (
+        (ReportGeneration.id == run.generation_id)
+        & (ReportGeneration.attempts == run.attempt)
+        & (ReportGeneration.status == GenerationStatus.GENERATING.value)
+    )
+
+
 def _complete_row(
     run: _Run, template: TemplateVersion, pdf: PDFOutput, path: Path, session: Session
 ) -> None:
-    row = session.get_one(ReportGeneration, run.generation_id)
-    row.template_version = template.version
-    row.template_sha256 = template.sha256
-    row.status = GenerationStatus.COMPLETED.value
-    row.completed_at = _now()
-    row.duration_ms = _elapsed_ms(run.started)
-    row.pdf_path = str(path)
-    row.pdf_sha256 = pdf.sha256
-    row.pdf_bytes = len(pdf.data)
-    row.pdf_pages = pdf.pages
+    completed = session.execute(
+        update(ReportGeneration)
+        .where(_owned(run))
+        .values(
+            template_version=template.version,
+            template_sha256=template.sha256,
+            status=GenerationStatus.COMPLETED.value,
+            completed_at=_now(),
+            duration_ms=_elapsed_ms(run.started),
+            pdf_path=str(path),
+            pdf_sha256=pdf.sha256,
+            pdf_bytes=len(pdf.data),
+            pdf_pages=pdf.pages,
+        )
+        .execution_options(synchronize_session=False)
+    )
+    if completed.rowcount != 1:  # type: ignore[attr-defined]
+        session.rollback()
+        raise SupersededError(
+            f"generation {run.generation_id}: a later attempt took over from attempt "
+            f"{run.attempt}; this one does not complete it"
+        )
     session.commit()
 
 
 def _fail_row(run: _Run, exc: Exception, session: Session) -> None:
-    row = session.get_one(ReportGeneration, run.generation_id)
+    """Record the failure, unless a later attempt owns the row now (then it is its own)."""
+    values: dict[str, Any] = {
+        "status": GenerationStatus.FAILED.value,
+        "completed_at": _now(),
+        "duration_ms": _elapsed_ms(run.started),
+        "error_type": _error_type(exc),
+        "error_message": str(exc),
+    }
     if run.template is not None:
-        row.template_version = run.template.version
-        row.template_sha256 = run.template.sha256
-    row.status = GenerationStatus.FAILED.value
-    row.completed_at = _now()
-    row.duration_ms = _elapsed_ms(run.started)
-    row.error_type = _error_type(exc)
-    row.error_message = str(exc)
+        values.update(template_version=run.template.version, template_sha256=run.template.sha256)
+    session.execute(
+        update(ReportGeneration)
+        .where(_owned(run))
+        .values(**values)
+        .execution_options(synchronize_session=False)
+    )
     session.commit()
+
+
+def _retryable(exc: Exception) -> bool:
+    return isinstance(exc, ReportError) and exc.retryable
+
+
+def _database_unreachable(exc: Exception) -> bool:
+    """A connection refused, lost or timed out, as opposed to an error of the statement.
+
+    SQLAlchemy flags a connection it found dead (``connection_invalidated``). A connection that
+    could not be made has no SQLSTATE with psycopg; a server shutting down answers class 57P.
+    SQLite has no connections to lose: its errors (a missing table, a locked file) stay what
+    they are.
+    """
+    if isinstance(exc, PoolTimeoutError):
+        return True
+    if not isinstance(exc, DBAPIError):
+        return False
+    if exc.connection_invalidated:
+        return True
+    if not isinstance(exc, OperationalError | InterfaceError):
+        return False
+    sqlstate = getattr(exc.orig, "sqlstate", None)
+    if isinstance(sqlstate, str):
+        return sqlstate.startswith(_UNAVAILABLE_SQLSTATES)
+    return type(exc.orig).__module__.partition(".")[0] == "psycopg"
 
 
 def _error_type(exc: Exception) -> str:
@@ -511,6 +750,17 @@ def _validate(business_id: int, options: GenerationOptions | None) -> Generation
     if version is not None and (not isinstance(version, str) or not _NAME.fullmatch(version)):
         raise ValueError(f"invalid template version {_shown(version)}: {_NAME_RULE}")
     return options
+
+
+def _validate_ids(generation_id: str | None, task_id: str | None) -> None:
+    if generation_id is not None and (
+        not isinstance(generation_id, str) or not _GENERATION_ID.fullmatch(generation_id)
+    ):
+        raise ValueError(f"invalid generation id {_shown(generation_id)}: expected a UUID")
+    if task_id is not None and (
+        not isinstance(task_id, str) or not 0 < len(task_id) <= 255 or not task_id.isprintable()
+    ):
+        raise ValueError(f"invalid task id {_shown(task_id)}: 1 to 255 printable characters")
 
 
 def _shown(value: object) -> str:

@@ -114,6 +114,9 @@ class ReportGeneration(Base):
     template_version: Mapped[str | None] = mapped_column(String(50))
     template_sha256: Mapped[str | None] = mapped_column(String(64))
     status: Mapped[str] = mapped_column(String(20), default=GenerationStatus.PENDING.value)
+    #: Attempts that claimed this generation: 0 while queued, 1 for a direct call, more when
+    #: a queued task was redelivered (its worker died) or retried (the database was down).
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     requested_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     completed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

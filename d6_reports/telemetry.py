@@ -36,6 +36,10 @@ OUTPUT_URI: Final = "report.output.uri"
 OUTPUT_REFUSED_URLS: Final = "report.output.refused_urls"
 OUTPUT_FONT_SUBSETTER: Final = "report.output.font_subsetter"
 STATUS: Final = "report.status"
+#: Which attempt of its generation the report is (1, or more for a redelivered queued task).
+ATTEMPT: Final = "report.attempt"
+#: The task-queue task that ran the report (queued generations only).
+TASK_ID: Final = "report.task.id"
 ERROR_TYPE: Final = "error.type"
 #: Carrier key of the full error message (may hold customer data: never an attribute).
 ERROR_MESSAGE: Final = "error.message"

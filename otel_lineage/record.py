@@ -105,6 +105,8 @@ class LineageRecord:
     #: The trace was sampled and this process had a span exporter: it can be in a backend.
     #: None for records folded before the field existed (outboxes of older versions).
     exported: bool | None = None
+    #: Which attempt of its generation this trace was (None in records of older versions).
+    attempt: int | None = None
 
     def as_row(self) -> dict[str, Any]:
         """Column values for an insert (every field is a column)."""

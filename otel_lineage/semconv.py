@@ -32,6 +32,10 @@ OUTPUT_URI: Final = "report.output.uri"
 #: Which font subsetter made the PDF ("harfbuzz" or "fonttools"): their bytes differ.
 OUTPUT_FONT_SUBSETTER: Final = "report.output.font_subsetter"
 STATUS: Final = "report.status"
+#: Which attempt of its generation the report is (a queued task can run more than once).
+ATTEMPT: Final = "report.attempt"
+#: The task-queue task that ran the report (queued generations only).
+TASK_ID: Final = "report.task.id"
 ERROR_TYPE: Final = "error.type"
 #: Carrier-only keys: never span attributes (the snapshot is a payload, the full error message
 #: may contain customer data, the caller ids are also on the root's link).
@@ -65,6 +69,7 @@ CARRIED_ATTRIBUTES: Final = (
     OUTPUT_PAGES,
     OUTPUT_URI,
     STATUS,
+    ATTEMPT,
     ERROR_TYPE,
 )
 

@@ -156,6 +156,7 @@ def fold(
         "inputs_bytes": _int(inputs_bytes),
         "output_bytes": _int(value(sc.OUTPUT_BYTES)),
         "output_pages": _int(value(sc.OUTPUT_PAGES)),
+        "attempt": _int(value(sc.ATTEMPT)),
     }
     _clean_fields(fields, reasons)
     _fit_bounded(fields, numbers, reasons)

@@ -41,6 +41,7 @@ from otel_lineage.cli.support import (
 )
 from otel_lineage.delivery.outbox import (
     OutboxHandOff,
+    dead_attempts,
     inspect_outboxes,
     open_reports,
     pending_generation_ids,
@@ -53,6 +54,7 @@ from otel_lineage.reading.openlineage import emit as emit_events
 from otel_lineage.reading.query import (
     LineageNotFoundError,
     ListFilter,
+    attempts_of,
     audit,
     generations_by_pdf,
     get_row,
@@ -194,6 +196,19 @@ def _waiting_in_outbox(directory: Path | None) -> dict[str, Path]:
     return pending_generation_ids(directory) if directory and directory.is_dir() else {}
 
 
+def _attempts_line(row: dict[str, Any], others: list[dict[str, Any]]) -> str:
+    """This row's attempt and the others' (a queued task run more than once)."""
+    shown = str(row["attempt"]) if row.get("attempt") is not None else "not recorded"
+    if not others:
+        return shown
+    earlier = "; ".join(
+        f"attempt {a['attempt'] if a['attempt'] is not None else '?'}: {a['status']}"
+        f"{' (' + a['error_type'] + ')' if a['error_type'] else ''}, trace {a['trace_id']}"
+        for a in others
+    )
+    return f"{shown} (other attempts: {earlier})"
+
+
 def _open_reports(directory: Path | None) -> dict[str, bool]:
     """Report ids marked open in the outbox -> whether their process lives (contract 3)."""
     return open_reports(directory) if directory is not None and directory.is_dir() else {}
@@ -254,6 +269,11 @@ def audit_cmd(
             f"{report.counters.get('pending', 0)}; {others} (over {report.processes} processes)"
         )
     )
+    if report.superseded_attempts:
+        console.print(
+            f"earlier attempts: {report.superseded_attempts} lineage rows of attempts a later "
+            "attempt took over from (redelivered or retried queued reports)"
+        )
     if quarantined:
         console.print(_quarantine_line(quarantined, directory))
     if report.missing:
@@ -316,8 +336,17 @@ def show(
     exported = row.get("exported")
     jaeger = _settings().jaeger_url
     trace_url = f"{jaeger.rstrip('/')}/trace/{row['trace_id']}" if jaeger and exported else None
+    attempts = attempts_of(_engine("lineage"), str(row["report_generation_id"]))
+    others = [a for a in attempts if a["trace_id"] != row["trace_id"]]
     if json:
-        _dump({**public_row(row), "inputs": inputs, "jaeger_url": trace_url})
+        _dump(
+            {
+                **public_row(row),
+                "inputs": inputs,
+                "jaeger_url": trace_url,
+                "other_attempts": [public_row(a) for a in others],
+            }
+        )
         return
     export = {True: "exported", False: "not exported", None: "export not recorded"}[exported]
     summary = Table(title=f"Lineage of report {row['report_generation_id']}", show_header=False)
@@ -341,6 +370,7 @@ def show(
             f"{row['output_pages']} pages, {row['output_bytes']} bytes, {row['output_uri']}",
         ),
         ("trace", f"{row['trace_id']} ({export})"),
+        ("attempt", _attempts_line(row, others)),
         ("jaeger", trace_url or "-"),
         ("started", row["started_at"]),
         ("duration", f"{row['duration_ms']} ms, {row['span_count']} spans"),
@@ -449,7 +479,7 @@ def _recover_and_ship() -> None:
     reports = _engine("reports", write=True)
     with lineage.connect():  # "wrote 0" from a database that is down would be a lie
         pass
-    dead = [rid for rid, alive in _open_reports(directory).items() if not alive]
+    dead = dead_attempts(directory) if directory.is_dir() else set()
     box = OutboxHandOff(directory, max_records=settings.max_pending)
     store = LineageStore(lineage)
     written = 0

@@ -60,6 +60,7 @@ __all__ = [
     "OutboxFile",
     "OutboxHandOff",
     "QuarantinedItem",
+    "dead_attempts",
     "inspect_outboxes",
     "inspect_quarantine",
     "open_reports",
@@ -141,8 +142,8 @@ class OutboxHandOff:
         self._open_traces: set[str] = set()
         self._quarantined = 0
         self._stuck = 0  # undecodable rows that could not be moved to quarantine either
-        #: Report ids of dead processes' reports that ``recover()`` found abandoned.
-        self.abandoned: list[str] = []
+        #: (report id, trace id) of dead processes' reports that ``recover()`` found abandoned.
+        self.abandoned: list[tuple[str, str]] = []
         #: Outbox files the last ``recover()`` could not adopt (left in place, said in the log).
         self.skipped: list[str] = []
 
@@ -330,7 +331,9 @@ class OutboxHandOff:
             finally:
                 with contextlib.suppress(sqlite3.Error):
                     self._conn.execute("DETACH DATABASE orphan")
-            self.abandoned += [r.report_generation_id for r in abandoned if r.report_generation_id]
+            self.abandoned += [
+                (r.report_generation_id, r.trace_id) for r in abandoned if r.report_generation_id
+            ]
             count += len(abandoned)
             size += abandoned_size
             self._count += count
@@ -490,21 +493,34 @@ def open_reports(directory: Path) -> dict[str, bool]:
     """Report ids whose trace began and has no record yet -> whether their process lives.
 
     A live owner means "in progress"; a dead one means "abandoned" (the next recovery turns
-    it into a failed record).
+    it into a failed record). A generation with several attempts (a redelivered task) is in
+    progress while any of them is.
     """
     found: dict[str, bool] = {}
+    for report_id, _trace_id, alive in _open_markers(directory):
+        found[report_id] = found.get(report_id, False) or alive
+    return found
+
+
+def dead_attempts(directory: Path) -> set[tuple[str, str]]:
+    """(report id, trace id) of every report begun by a process that is gone."""
+    return {(rid, tid) for rid, tid, alive in _open_markers(directory) if not alive}
+
+
+def _open_markers(directory: Path) -> list[tuple[str, str, bool]]:
+    markers: list[tuple[str, str, bool]] = []
     if not directory.is_dir():
-        return found
+        return markers
     for db_path in sorted(directory.glob("outbox-*.db")):
         alive = _owner_alive(db_path.with_suffix(".lock"))
         with contextlib.suppress(sqlite3.Error):
-            for (report_id,) in _read_only(
+            for report_id, trace_id in _read_only(
                 db_path,
-                "SELECT report_generation_id FROM open_report "
+                "SELECT report_generation_id, trace_id FROM open_report "
                 "WHERE report_generation_id IS NOT NULL",
             ):
-                found[str(report_id)] = alive
-    return found
+                markers.append((str(report_id), str(trace_id), alive))
+    return markers
 
 
 def _owner_alive(lock_path: Path) -> bool:

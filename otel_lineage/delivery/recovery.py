@@ -26,7 +26,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import orjson
-from sqlalchemy import Engine, column, table, update
+from sqlalchemy import Engine, column, or_, table, update
 
 from otel_lineage.record import CODEC, LineageRecord, compress
 
@@ -46,6 +46,7 @@ _generations = table(
     column("error_type"),
     column("error_message"),
     column("completed_at"),
+    column("trace_id"),
 )
 
 
@@ -158,18 +159,24 @@ def abandoned_record(
     return LineageRecord(**values)  # type: ignore[arg-type]
 
 
-def mark_abandoned(reports_engine: Engine, generation_ids: Iterable[str]) -> int:
-    """Mark still-``generating`` report rows of dead processes failed/abandoned; how many."""
-    ids = sorted(set(generation_ids))
-    if not ids:
+def mark_abandoned(reports_engine: Engine, attempts: Iterable[tuple[str, str]]) -> int:
+    """Mark still-``generating`` report rows of dead processes failed/abandoned; how many.
+
+    ``attempts`` are (report id, trace id) pairs. A row is marked only while it still names
+    that trace (or none): a queued generation whose task was redelivered names its newer
+    attempt, which may be running or done, and is left alone.
+    """
+    pairs = sorted(set(attempts))
+    if not pairs:
         return 0
     marked = 0
     with reports_engine.begin() as conn:
-        for start in range(0, len(ids), 500):  # bounded IN lists on both databases
+        for report_id, trace_id in pairs:
             result = conn.execute(
                 update(_generations)
-                .where(_generations.c.id.in_(ids[start : start + 500]))
+                .where(_generations.c.id == report_id)
                 .where(_generations.c.status == "generating")
+                .where(or_(_generations.c.trace_id == trace_id, _generations.c.trace_id.is_(None)))
                 .values(
                     status="failed",
                     error_type=ABANDONED,

@@ -33,7 +33,8 @@ report_lineage = Table(
     "report_lineage",
     metadata,
     Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True),
-    Column("report_generation_id", String(36), unique=True),
+    # One row per attempt (trace): a redelivered task's attempts share the generation id.
+    Column("report_generation_id", String(36)),
     Column("trace_id", String(32), nullable=False, unique=True),
     Column("root_span_id", String(16), nullable=False),
     Column("business_id", Integer),
@@ -72,6 +73,9 @@ report_lineage = Table(
     # backend (sampled and a span exporter configured): revision 0005.
     Column("caller_trace_id", String(32)),
     Column("exported", Boolean),
+    # Which attempt of its generation the trace was (a redelivered task): revision 0007.
+    Column("attempt", Integer),
+    Index("ix_report_lineage_report_generation_id", "report_generation_id"),
     Index("ix_report_lineage_business_started", "business_id", "started_at"),
     Index("ix_report_lineage_template_started", "template_name", "template_version", "started_at"),
     Index("ix_report_lineage_inputs_sha256", "inputs_sha256"),

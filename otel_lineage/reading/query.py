@@ -14,7 +14,18 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
-from sqlalchemy import Connection, DateTime, Engine, Row, column, func, select, table
+from sqlalchemy import (
+    Connection,
+    DateTime,
+    Engine,
+    Row,
+    RowMapping,
+    case,
+    column,
+    func,
+    select,
+    table,
+)
 
 from otel_lineage.delivery.schema import lineage_counters, report_lineage
 from otel_lineage.delivery.stats import COUNTER_NAMES
@@ -49,24 +60,60 @@ def get_row(engine: Engine, report_id: str) -> dict[str, Any]:
 
 def read_row(conn: Connection, report_id: str) -> dict[str, Any]:
     """``get_row`` on a connection the caller holds: the web service reads a row and appends
-    its access-log entry in one transaction, so the read and its record cannot part."""
+    its access-log entry in one transaction, so the read and its record cannot part.
+
+    A queued generation that ran more than once has a row per attempt: this is the
+    authoritative one (``AUTHORITATIVE_FIRST``); ``attempts_of`` lists them all.
+    """
     c = report_lineage.c
-    row = conn.execute(select(report_lineage).where(c.report_generation_id == report_id))
-    found = row.mappings().first()
+    found = _authoritative(conn, report_id)
     if found is None and report_id:
         prefixed = c.report_generation_id.startswith(report_id, autoescape=True)
-        ids = conn.scalars(select(c.report_generation_id).where(prefixed).limit(2)).all()
+        ids = conn.scalars(select(c.report_generation_id).where(prefixed).distinct().limit(2)).all()
         if len(ids) > 1:
-            count = conn.scalar(select(func.count()).where(prefixed))
+            count = conn.scalar(
+                select(func.count(c.report_generation_id.distinct())).where(prefixed)
+            )
             raise AmbiguousIdError(
                 f"report id prefix {report_id!r} matches {count} reports; give more of it"
             )
         if ids:
-            query = select(report_lineage).where(c.report_generation_id == ids[0])
-            found = conn.execute(query).mappings().first()
+            found = _authoritative(conn, ids[0])
     if found is None:
         raise LineageNotFoundError(f"no lineage row for report {report_id!r}")
     return _plain(found)
+
+
+#: Of several attempts' rows, the one that speaks for the generation: the completed one (at
+#: most one attempt completes a generation), else the latest attempt.
+AUTHORITATIVE_FIRST = (
+    case((report_lineage.c.status == "completed", 0), else_=1),
+    func.coalesce(report_lineage.c.attempt, 0).desc(),
+    report_lineage.c.started_at.desc(),
+    report_lineage.c.id.desc(),
+)
+
+
+def _authoritative(conn: Connection, report_id: str) -> RowMapping | None:
+    query = (
+        select(report_lineage)
+        .where(report_lineage.c.report_generation_id == report_id)
+        .order_by(*AUTHORITATIVE_FIRST)
+        .limit(1)
+    )
+    return conn.execute(query).mappings().first()
+
+
+def attempts_of(engine: Engine, report_id: str) -> list[dict[str, Any]]:
+    """Every attempt's lineage row of one generation, oldest first (without the blobs)."""
+    c = report_lineage.c
+    query = (
+        select(c.trace_id, c.attempt, c.status, c.error_type, c.started_at, c.complete)
+        .where(c.report_generation_id == report_id)
+        .order_by(func.coalesce(c.attempt, 0), c.started_at, c.id)
+    )
+    with untraced(), engine.connect() as conn:
+        return [_plain(r) for r in conn.execute(query).mappings()]
 
 
 def latest_report_id(engine: Engine) -> str:
@@ -131,6 +178,9 @@ class AuditReport:
     processes: int = 0
     #: Generations left ``generating`` by a process that is gone (also listed in ``missing``).
     abandoned: int = 0
+    #: Lineage rows of attempts another attempt took over from (a queued task redelivered
+    #: after its worker died, or retried after a database outage): accounted for, not lost.
+    superseded_attempts: int = 0
 
     @property
     def capture_rate(self) -> float:
@@ -193,7 +243,9 @@ def audit(
         processes=int(counters[-1]),
     )
     for generation in generations:
-        row = found.get(generation["id"])
+        attempts = found.get(generation["id"], [])
+        row = _speaking_for(generation, attempts)
+        report.superseded_attempts += len(attempts) - (row is not None)
         if row is not None:
             report.with_lineage += 1
             if not row.complete:
@@ -264,11 +316,13 @@ def to_utc(value: datetime) -> datetime:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
-def _lineage_by_generation(conn: Connection, ids: list[str]) -> dict[str, Row[Any]]:
-    """Lineage status of each generation id, in chunks (bind-parameter limits)."""
-    found: dict[str, Row[Any]] = {}
+def _lineage_by_generation(conn: Connection, ids: list[str]) -> dict[str, list[Row[Any]]]:
+    """Lineage rows of each generation id (one per attempt), in chunks (bind limits)."""
+    found: dict[str, list[Row[Any]]] = {}
     columns = (
         report_lineage.c.report_generation_id,
+        report_lineage.c.trace_id,
+        report_lineage.c.status,
         report_lineage.c.complete,
         report_lineage.c.incomplete_reasons,
     )
@@ -277,8 +331,23 @@ def _lineage_by_generation(conn: Connection, ids: list[str]) -> dict[str, Row[An
         rows = conn.execute(
             select(*columns).where(report_lineage.c.report_generation_id.in_(chunk))
         )
-        found.update((r.report_generation_id, r) for r in rows)
+        for r in rows:
+            found.setdefault(r.report_generation_id, []).append(r)
     return found
+
+
+def _speaking_for(generation: RowMapping, attempts: list[Row[Any]]) -> Row[Any] | None:
+    """The lineage row that accounts for ``generation``: its current attempt's.
+
+    The generation row names the trace of its latest attempt (the plugin stamps it); while that
+    attempt runs or once it is lost, an earlier attempt's row does not account for it. Rows of
+    generations stamped without a trace id (the stamper was not installed) are taken as they
+    are: a completed one first.
+    """
+    if generation["trace_id"] is not None:
+        return next((r for r in attempts if r.trace_id == generation["trace_id"]), None)
+    ranked = sorted(attempts, key=lambda r: r.status != "completed")
+    return ranked[0] if ranked else None
 
 
 def _aware(value: datetime | str) -> datetime:

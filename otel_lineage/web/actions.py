@@ -23,6 +23,7 @@ from otel_lineage.delivery.outbox import open_reports, pending_generation_ids
 from otel_lineage.delivery.store import untraced
 from otel_lineage.reading.query import (
     AmbiguousIdError,
+    attempts_of,
     audit,
     get_row,
     inputs_summary,
@@ -175,8 +176,9 @@ def identify_rows(
     return rows
 
 
-def report_detail(row: dict[str, Any], settings: WebSettings) -> dict[str, Any]:
-    """One report's lineage, JSON-ready: the row without blobs, its inputs summary, links."""
+def report_detail(engine: Engine, row: dict[str, Any], settings: WebSettings) -> dict[str, Any]:
+    """One report's lineage, JSON-ready: the row without blobs, its inputs summary, links,
+    and the generation's other attempts (a queued report redelivered or retried)."""
     try:
         inputs = inputs_summary(row)
     except Exception as exc:  # a corrupt blob is shown, never fatal to showing the row
@@ -188,6 +190,11 @@ def report_detail(row: dict[str, Any], settings: WebSettings) -> dict[str, Any]:
         "jaeger_url": f"{jaeger}/trace/{row['trace_id']}"
         if jaeger and row.get("exported")
         else None,
+        "other_attempts": [
+            public_row(a)
+            for a in attempts_of(engine, str(row["report_generation_id"]))
+            if a["trace_id"] != row["trace_id"]
+        ],
     }
 
 

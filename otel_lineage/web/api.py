@@ -140,7 +140,7 @@ def report(
     settings: SettingsDep,
     _: ReportReader,
 ) -> dict[str, Any]:
-    return actions.report_detail(actions.find_row(engine, report_id), settings)
+    return actions.report_detail(engine, actions.find_row(engine, report_id), settings)
 
 
 @router.get(

@@ -19,6 +19,7 @@ from fastapi import APIRouter, Form, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
+from sqlalchemy import Engine
 
 from otel_lineage.access.keys import authenticate, end_sessions
 from otel_lineage.access.log import record_access
@@ -326,9 +327,9 @@ def plain_reason(reason: str) -> str:
     return "recorded values could not be trusted"
 
 
-def _report_context(row: dict[str, Any], settings: WebSettings) -> dict[str, Any]:
+def _report_context(engine: Engine, row: dict[str, Any], settings: WebSettings) -> dict[str, Any]:
     return {
-        "report": actions.report_detail(row, settings),
+        "report": actions.report_detail(engine, row, settings),
         "waterfall": waterfall(row),
         "reasons": [(r, plain_reason(str(r))) for r in row.get("incomplete_reasons") or []],
     }
@@ -343,7 +344,7 @@ def report_page(
     user: ReportReader,
 ) -> Response:
     row = actions.find_row(engine, report_id)
-    return render(request, "report.html.j2", user, _report_context(row, settings))
+    return render(request, "report.html.j2", user, _report_context(engine, row, settings))
 
 
 @router.post("/reports/{report_id}/verify")
@@ -367,7 +368,7 @@ async def verify_page(
             raise
         result, failure = None, exc.message
     row = await run_in_threadpool(actions.find_row, engine, report_id)
-    context = {**_report_context(row, settings), "verify": result, "verify_error": failure}
+    context = {**_report_context(engine, row, settings), "verify": result, "verify_error": failure}
     return render(request, "report.html.j2", user, context)
 
 

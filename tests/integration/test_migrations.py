@@ -1,6 +1,10 @@
 from __future__ import annotations
 
-from sqlalchemy import create_engine, inspect
+from datetime import UTC, datetime
+
+import pytest
+from sqlalchemy import create_engine, inspect, text
+from sqlalchemy.exc import IntegrityError
 
 from d6_reports import db
 
@@ -56,5 +60,59 @@ def test_access_tables_go_down_and_up_alone(empty_db_url: str) -> None:
     try:
         names = {i["name"]: i for i in inspect(engine).get_indexes("lineage_api_keys")}
         assert names["ux_lineage_api_keys_active_name"]["unique"]
+    finally:
+        engine.dispose()
+
+
+def _lineage_row(trace_id: str, generation_id: str) -> dict[str, object]:
+    return {
+        "trace_id": trace_id,
+        "root_span_id": "0" * 16,
+        "report_generation_id": generation_id,
+        "status": "failed",
+        "started_at": datetime.now(UTC),
+        "steps": [],
+        "input_tables": [],
+        "span_count": 0,
+        "sampled": False,
+        "complete": False,
+        "incomplete_reasons": [],
+        "created_at": datetime.now(UTC),
+    }
+
+
+def test_attempts_revision_keeps_rows_and_refuses_to_drop_lineage(empty_db_url: str) -> None:
+    """0007: existing generations count one attempt; a generation's lineage rows of several
+    attempts cannot be folded back into one, so downgrading past 0007 refuses while they exist;
+    without them it restores the one-row-per-generation constraint."""
+    from otel_lineage.delivery.schema import report_lineage
+
+    db.upgrade(empty_db_url, "0006_lineage_access")
+    engine = create_engine(empty_db_url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(
+                text(
+                    "INSERT INTO report_generation (id, business_id, template_name, status, "
+                    "requested_at) VALUES ('g1', 1, 'summary', 'completed', :t), "
+                    "('g2', 1, 'summary', 'pending', :t)"
+                ),
+                {"t": datetime.now(UTC)},
+            )
+        db.upgrade(empty_db_url)
+        with engine.connect() as conn:
+            attempts = dict(conn.execute(text("SELECT id, attempts FROM report_generation")).all())
+        assert attempts == {"g1": 1, "g2": 0}
+        with engine.begin() as conn:
+            conn.execute(report_lineage.insert(), [_lineage_row("a" * 32, "g1")])
+            conn.execute(report_lineage.insert(), [_lineage_row("b" * 32, "g1")])
+        with pytest.raises(RuntimeError, match="1 report generations have lineage rows of sev"):
+            db.downgrade(empty_db_url, "0006_lineage_access")
+        with engine.begin() as conn:
+            conn.execute(text("DELETE FROM report_lineage WHERE trace_id = :t"), {"t": "b" * 32})
+        db.downgrade(empty_db_url, "0006_lineage_access")
+        with engine.begin() as conn, pytest.raises(IntegrityError):
+            conn.execute(report_lineage.insert(), [_lineage_row("c" * 32, "g1")])
+        db.upgrade(empty_db_url)
     finally:
         engine.dispose()

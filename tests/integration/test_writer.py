@@ -10,7 +10,7 @@ import pytest
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import TracerProvider
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, func, select, text
 
 from d6_reports import db
 from otel_lineage import LineageSampler, LineageSpanProcessor, semconv
@@ -44,15 +44,49 @@ def test_upsert_is_idempotent(db_url: str, engine: Engine) -> None:
     store.engine.dispose()
 
 
+def _refuse_generation(engine: Engine, generation_id: str) -> None:
+    """Make the database reject (a constraint error) any lineage row of ``generation_id``."""
+    with engine.begin() as conn:
+        if engine.dialect.name == "sqlite":
+            conn.execute(
+                text(
+                    "CREATE TRIGGER refuse BEFORE INSERT ON report_lineage "
+                    f"WHEN NEW.report_generation_id = '{generation_id}' "
+                    "BEGIN SELECT RAISE(ABORT, 'refused'); END"
+                )
+            )
+        else:
+            conn.execute(
+                text(
+                    "ALTER TABLE report_lineage ADD CONSTRAINT refuse "
+                    f"CHECK (report_generation_id IS DISTINCT FROM '{generation_id}')"
+                )
+            )
+
+
 def test_a_rejected_record_does_not_block_the_others(db_url: str, engine: Engine) -> None:
+    _refuse_generation(engine, "refused")
     processor, provider = _pipeline(db_url)
     _report(provider, generation_id="same")
-    _report(provider, generation_id="same")  # a conflicting second trace for one report
+    _report(provider, generation_id="refused")  # the database rejects this one
     _report(provider)
     assert processor.force_flush(10_000)
     assert len(lineage_rows(engine)) == 2
     counts = processor.stats.snapshot()
     assert (counts.written, counts.dropped) == (2, 1)
+    processor.shutdown()
+
+
+def test_two_attempts_of_one_generation_are_two_rows(db_url: str, engine: Engine) -> None:
+    """A redelivered queued task is a second trace of the same generation: both are kept."""
+    processor, provider = _pipeline(db_url)
+    _report(provider, generation_id="same")
+    _report(provider, generation_id="same")
+    assert processor.force_flush(10_000)
+    rows = lineage_rows(engine)
+    assert [r["report_generation_id"] for r in rows] == ["same", "same"]
+    assert len({r["trace_id"] for r in rows}) == 2
+    assert (processor.stats.snapshot().written, processor.stats.snapshot().dropped) == (2, 0)
     processor.shutdown()
 
 

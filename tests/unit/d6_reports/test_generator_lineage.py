@@ -139,6 +139,7 @@ def test_identity_attributes_are_there_when_the_root_is_sampled(
         t.GENERATION_ID: result.generation_id,
         t.BUSINESS_ID: business_ids[0],
         t.TEMPLATE_NAME: "summary",
+        t.ATTEMPT: 1,
     }
 
 

@@ -1,0 +1,364 @@
+"""Queued generations: a row created ``pending`` first, run later, perhaps more than once.
+
+The generator side of the task queue (``generate_report(generation_id=...)``), on real
+sessions and a real lineage pipeline, on SQLite and PostgreSQL: the atomic claim, at most one
+completion, attempts and their lineage rows, the audit's view of them, and the classification
+of an unreachable database as retryable. The broker and worker processes are exercised in
+``tests/queue``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from sqlalchemy import Engine, insert, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from d6_reports import db
+from d6_reports import telemetry as t
+from d6_reports.generator import GenerationOptions, ReportGenerator
+from d6_reports.models import GenerationStatus, ReportGeneration
+from d6_reports.pdf import PDFOutput
+from otel_lineage.delivery.recovery import mark_abandoned
+from otel_lineage.reading.query import attempts_of, audit, get_row
+from tests.fast_pdf import FastPDFConverter
+from tests.lineage_support import lineage_pipeline, lineage_rows
+
+
+def _queue(sessions: sessionmaker[Session], business_id: int, template: str = "summary") -> str:
+    """What ``enqueue_report`` does in the caller's process: a pending row, no trace."""
+    generation_id = str(uuid.uuid4())
+    with sessions() as session:
+        session.execute(
+            insert(ReportGeneration).values(
+                id=generation_id,
+                business_id=business_id,
+                template_name=template,
+                status=GenerationStatus.PENDING.value,
+                attempts=0,
+                requested_at=datetime.now(UTC),
+            )
+        )
+        session.commit()
+    return generation_id
+
+
+def _row(sessions: sessionmaker[Session], generation_id: str) -> ReportGeneration:
+    with sessions() as session:
+        return session.get_one(ReportGeneration, generation_id)
+
+
+class GatedConverter(FastPDFConverter):
+    """Holds the first conversion until released: an attempt a redelivery overtakes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.entered = threading.Event()
+        self.release = threading.Event()
+        self._first = True
+        self._lock = threading.Lock()
+
+    def convert(self, html: str, *, asset_root: Path, **options: Any) -> PDFOutput:
+        with self._lock:
+            first, self._first = self._first, False
+        if first:
+            self.entered.set()
+            assert self.release.wait(30)
+        return super().convert(html, asset_root=asset_root, **options)
+
+
+SUMMARY = GenerationOptions(template_name="summary")
+
+
+async def test_a_queued_generation_runs_once_and_its_row_names_its_trace(
+    db_url: str,
+    engine: Engine,
+    sessions: sessionmaker[Session],
+    business_ids: list[int],
+    tmp_path: Path,
+) -> None:
+    generation_id = _queue(sessions, business_ids[0])
+    assert _row(sessions, generation_id).trace_id is None  # nothing stamped at enqueue
+    with lineage_pipeline(db_url, engine) as (lineage, exporter):
+        generator = ReportGenerator(
+            sessions, tmp_path, tracer_provider=lineage.provider, converter=FastPDFConverter()
+        )
+        first = await generator.generate_report(
+            business_ids[0], SUMMARY, generation_id=generation_id, task_id="task-1"
+        )
+        again = await generator.generate_report(
+            business_ids[0], SUMMARY, generation_id=generation_id, task_id="task-1"
+        )
+        generator.close()
+        assert lineage.flush()
+    assert first.success and first.attempt == 1 and not first.already_finished
+    assert again.success and again.already_finished and again.attempt == 1
+    assert again.pdf_sha256 == first.pdf_sha256 and again.pdf_path == first.pdf_path
+    roots = [s for s in exporter.get_finished_spans() if s.name == t.SPAN_GENERATE]
+    assert len(roots) == 1  # the duplicate delivery left no trace
+    assert roots[0].attributes is not None
+    assert roots[0].attributes[t.ATTEMPT] == 1
+    assert roots[0].attributes[t.TASK_ID] == "task-1"
+    row = _row(sessions, generation_id)
+    assert (row.status, row.attempts, row.trace_id) == ("completed", 1, first.trace_id)
+    (lineage_row,) = lineage_rows(engine)
+    assert lineage_row["report_generation_id"] == generation_id
+    assert (lineage_row["status"], lineage_row["attempt"]) == ("completed", 1)
+    assert lineage_row["trace_id"] == first.trace_id
+
+
+async def test_a_redelivered_task_takes_over_and_the_overtaken_attempt_never_completes(
+    db_url: str,
+    engine: Engine,
+    sessions: sessionmaker[Session],
+    business_ids: list[int],
+    tmp_path: Path,
+) -> None:
+    generation_id = _queue(sessions, business_ids[0])
+    converter = GatedConverter()
+    with lineage_pipeline(db_url, engine) as (lineage, _exporter):
+        generator = ReportGenerator(
+            sessions, tmp_path, tracer_provider=lineage.provider, converter=converter
+        )
+        stalled = asyncio.ensure_future(
+            generator.generate_report(business_ids[0], SUMMARY, generation_id=generation_id)
+        )
+        assert await asyncio.to_thread(converter.entered.wait, 30)
+        # The broker redelivers (it thinks the first worker died): a second attempt runs.
+        redelivered = await generator.generate_report(
+            business_ids[0], SUMMARY, generation_id=generation_id
+        )
+        converter.release.set()
+        overtaken = await stalled
+        generator.close()
+        assert lineage.flush()
+    assert redelivered.success and redelivered.attempt == 2
+    assert not overtaken.success and overtaken.attempt == 1
+    assert overtaken.error_type == "superseded" and not overtaken.retryable
+    row = _row(sessions, generation_id)
+    assert (row.status, row.attempts, row.trace_id) == ("completed", 2, redelivered.trace_id)
+    assert row.pdf_sha256 == redelivered.pdf_sha256
+    rows = sorted(lineage_rows(engine), key=lambda r: int(str(r["attempt"])))
+    assert [(r["attempt"], r["status"], r["error_type"]) for r in rows] == [
+        (1, "failed", "superseded"),
+        (2, "completed", None),
+    ]
+    # Readers speak for the generation with its completed attempt, and list the other.
+    assert get_row(engine, generation_id)["trace_id"] == redelivered.trace_id
+    assert [a["attempt"] for a in attempts_of(engine, generation_id)] == [1, 2]
+    report = audit(engine, engine)
+    assert (report.generations, report.with_lineage, report.capture_rate) == (1, 1, 1.0)
+    assert report.superseded_attempts == 1 and not report.incomplete
+
+
+async def test_an_attempt_lost_with_its_process_is_resumed_and_not_marked_abandoned_after(
+    db_url: str,
+    engine: Engine,
+    sessions: sessionmaker[Session],
+    business_ids: list[int],
+    tmp_path: Path,
+) -> None:
+    generation_id = _queue(sessions, business_ids[0])
+    dead_trace = "ab" * 16
+    with sessions() as session:  # what a worker killed mid-report leaves behind
+        session.execute(
+            update(ReportGeneration)
+            .where(ReportGeneration.id == generation_id)
+            .values(status="generating", attempts=1, trace_id=dead_trace, span_id="cd" * 8)
+        )
+        session.commit()
+    with lineage_pipeline(db_url, engine) as (lineage, _exporter):
+        generator = ReportGenerator(
+            sessions, tmp_path, tracer_provider=lineage.provider, converter=FastPDFConverter()
+        )
+        resumed = await generator.generate_report(
+            business_ids[0], SUMMARY, generation_id=generation_id
+        )
+        generator.close()
+        assert lineage.flush()
+    assert resumed.success and resumed.attempt == 2
+    # Recovering the dead attempt's outbox later must not fail the finished generation.
+    assert mark_abandoned(engine, [(generation_id, dead_trace)]) == 0
+    assert _row(sessions, generation_id).status == "completed"
+
+
+async def test_a_generation_recovered_as_abandoned_is_claimed_again(
+    db_url: str,
+    engine: Engine,
+    sessions: sessionmaker[Session],
+    business_ids: list[int],
+    tmp_path: Path,
+) -> None:
+    generation_id = _queue(sessions, business_ids[0])
+    dead_trace = "ef" * 16
+    with sessions() as session:
+        session.execute(
+            update(ReportGeneration)
+            .where(ReportGeneration.id == generation_id)
+            .values(status="generating", attempts=1, trace_id=dead_trace)
+        )
+        session.commit()
+    assert mark_abandoned(engine, [(generation_id, "00" * 16)]) == 0  # another trace: no
+    assert mark_abandoned(engine, [(generation_id, dead_trace)]) == 1
+    assert _row(sessions, generation_id).error_type == "abandoned"
+    with lineage_pipeline(db_url, engine) as (lineage, _exporter):
+        generator = ReportGenerator(
+            sessions, tmp_path, tracer_provider=lineage.provider, converter=FastPDFConverter()
+        )
+        result = await generator.generate_report(
+            business_ids[0], SUMMARY, generation_id=generation_id
+        )
+        generator.close()
+        assert lineage.flush()
+    assert result.success and result.attempt == 2
+    row = _row(sessions, generation_id)
+    assert (row.status, row.error_type, row.error_message) == ("completed", None, None)
+
+
+async def test_a_final_failure_is_not_run_again(
+    db_url: str,
+    engine: Engine,
+    sessions: sessionmaker[Session],
+    business_ids: list[int],
+    tmp_path: Path,
+) -> None:
+    generation_id = _queue(sessions, business_ids[0], template="no_such_template")
+    options = GenerationOptions(template_name="no_such_template")
+    with lineage_pipeline(db_url, engine) as (lineage, _exporter):
+        generator = ReportGenerator(
+            sessions, tmp_path, tracer_provider=lineage.provider, converter=FastPDFConverter()
+        )
+        failed = await generator.generate_report(
+            business_ids[0], options, generation_id=generation_id
+        )
+        again = await generator.generate_report(
+            business_ids[0], options, generation_id=generation_id
+        )
+        generator.close()
+        assert lineage.flush()
+    assert not failed.success and failed.error_type == "TemplateNotFound"
+    assert not failed.retryable
+    assert again.already_finished and not again.success
+    assert again.error_type == "TemplateNotFound"
+    assert again.error_description == "TemplateNotFound: the template or version does not exist"
+    assert len(lineage_rows(engine)) == 1
+
+
+@pytest.mark.parametrize(
+    ("business", "template"),
+    [(2, "summary"), (1, "audit_report")],
+    ids=["other-business", "other-template"],
+)
+async def test_a_queued_id_that_does_not_match_is_refused_before_any_trace(
+    sessions: sessionmaker[Session],
+    business_ids: list[int],
+    tmp_path: Path,
+    business: int,
+    template: str,
+) -> None:
+    generation_id = _queue(sessions, business_ids[0])
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    generator = ReportGenerator(
+        sessions, tmp_path, tracer_provider=provider, converter=FastPDFConverter()
+    )
+    options = GenerationOptions(template_name=template)
+    result = await generator.generate_report(business, options, generation_id=generation_id)
+    unknown = await generator.generate_report(
+        business_ids[0], SUMMARY, generation_id=str(uuid.uuid4())
+    )
+    generator.close()
+    for refused in (result, unknown):
+        assert not refused.success and refused.error_type == "GenerationNotFound"
+        assert not refused.retryable and refused.trace_id is None
+    assert exporter.get_finished_spans() == ()
+    assert _row(sessions, generation_id).status == "pending"
+
+
+@pytest.mark.parametrize(
+    ("generation_id", "task_id"),
+    [("not-a-uuid", None), (str(uuid.uuid4()).upper(), None), (None, ""), (None, "x" * 256)],
+)
+def test_bad_ids_are_argument_errors(
+    generator: ReportGenerator, generation_id: str | None, task_id: str | None
+) -> None:
+    with pytest.raises(ValueError, match=r"invalid (generation|task) id"):
+        generator.generate_report_sync(1, generation_id=generation_id, task_id=task_id)
+
+
+async def test_an_unreachable_database_is_a_retryable_failure(tmp_path: Path) -> None:
+    # Nothing listens on port 9 of the loopback: the connection is refused at once.
+    engine = db.make_engine("postgresql+psycopg://postgres@127.0.0.1:9/test")
+    generator = ReportGenerator(
+        db.make_session_factory(engine), tmp_path, converter=FastPDFConverter()
+    )
+    direct = await generator.generate_report(1)
+    queued = await generator.generate_report(1, generation_id=str(uuid.uuid4()))
+    generator.close()
+    engine.dispose()
+    for result in (direct, queued):
+        assert not result.success
+        assert result.error_type == "database_unavailable" and result.retryable
+        assert result.error_description == (
+            "database_unavailable: the report database could not be reached"
+        )
+
+
+async def test_a_generation_failed_by_an_outage_is_claimed_again(
+    db_url: str,
+    engine: Engine,
+    sessions: sessionmaker[Session],
+    business_ids: list[int],
+    tmp_path: Path,
+) -> None:
+    generation_id = _queue(sessions, business_ids[0])
+    with sessions() as session:
+        session.execute(
+            update(ReportGeneration)
+            .where(ReportGeneration.id == generation_id)
+            .values(status="failed", attempts=1, error_type="database_unavailable")
+        )
+        session.commit()
+    with lineage_pipeline(db_url, engine) as (lineage, _exporter):
+        generator = ReportGenerator(
+            sessions, tmp_path, tracer_provider=lineage.provider, converter=FastPDFConverter()
+        )
+        result = await generator.generate_report(
+            business_ids[0], SUMMARY, generation_id=generation_id
+        )
+        generator.close()
+        assert lineage.flush()
+    assert result.success and result.attempt == 2
+    assert _row(sessions, generation_id).status == "completed"
+
+
+async def test_updates_outside_a_report_trace_never_restamp_the_row(
+    db_url: str,
+    engine: Engine,
+    sessions: sessionmaker[Session],
+    business_ids: list[int],
+    tmp_path: Path,
+) -> None:
+    with lineage_pipeline(db_url, engine) as (lineage, _exporter):
+        generator = ReportGenerator(
+            sessions, tmp_path, tracer_provider=lineage.provider, converter=FastPDFConverter()
+        )
+        result = await generator.generate_report(business_ids[0], SUMMARY)
+        generator.close()
+        tracer = lineage.provider.get_tracer("admin")
+        with tracer.start_as_current_span("admin request"), sessions() as session:
+            row = session.get_one(ReportGeneration, result.generation_id)
+            row.error_message = "annotated by support"
+            session.commit()
+        assert lineage.flush()
+    assert _row(sessions, result.generation_id).trace_id == result.trace_id
