@@ -253,3 +253,33 @@ def test_admin_manages_keys_and_prunes_with_log_rows(site: Site, client: TestCli
     assert pruned["dry_run"] and pruned["rows"] == 4
     actions = [r["action"] for r in reversed(site.access_rows(user="admin"))]
     assert actions == ["key_create", "key_revoke", "prune"]
+
+
+def test_a_report_run_twice_answers_with_its_completed_attempt(
+    site: Site, client: TestClient
+) -> None:
+    """A queued report whose first worker died: two lineage rows, one generation."""
+    from sqlalchemy import update
+
+    from otel_lineage.delivery.recovery import abandoned_record
+    from otel_lineage.delivery.schema import report_lineage
+    from otel_lineage.delivery.store import LineageStore
+
+    report_id = site.report_ids[0]
+    completed = site.row(report_id)
+    with site.engine.begin() as conn:
+        conn.execute(
+            update(report_lineage)
+            .where(report_lineage.c.trace_id == completed["trace_id"])
+            .values(attempt=2)
+        )
+    dead = abandoned_record("9" * 32, report_id, completed["started_at"].timestamp() - 60)
+    LineageStore(site.engine).upsert([dead])
+    answer = client.get(f"/api/v1/reports/{report_id}", headers=site.auth("support")).json()
+    assert (answer["trace_id"], answer["attempt"]) == (completed["trace_id"], 2)
+    (other,) = answer["other_attempts"]
+    assert (other["trace_id"], other["status"], other["error_type"]) == (
+        "9" * 32,
+        "failed",
+        "abandoned",
+    )
