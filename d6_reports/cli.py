@@ -444,6 +444,12 @@ def _relative(path: str) -> str:
         return path
 
 
+# The task queue's commands: enqueue, enqueue-all, worker, status.
+from d6_reports.queue.commands import register as _register_queue_commands  # noqa: E402
+
+_register_queue_commands(app)
+
+
 def main() -> None:  # pragma: no cover - console script shim
     app()
 

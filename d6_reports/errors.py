@@ -108,3 +108,11 @@ def _subclasses(cls: type[ReportError]) -> list[type[ReportError]]:
     for sub in cls.__subclasses__():
         found += _subclasses(sub)
     return found
+
+
+class AttemptsExhaustedError(ReportError):
+    """A queued generation was attempted ``MAX_ATTEMPTS`` times without finishing (each
+    attempt's worker died: a report that crashes its process, a poison message)."""
+
+    error_type = "attempts_exhausted"
+    description = "the queued report was attempted too many times without finishing"

@@ -42,6 +42,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from d6_reports import telemetry as t
 from d6_reports.errors import (
+    AttemptsExhaustedError,
     DatabaseUnavailableError,
     GenerationNotFoundError,
     GenerationTimeoutError,
@@ -73,6 +74,8 @@ _GENERATION_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0
 #: SQLSTATE classes of a lost or refused connection: connection exception, operator
 #: intervention (server shutting down, crash recovery).
 _UNAVAILABLE_SQLSTATES = ("08", "57P")
+#: Business ids are 32-bit integers in the database.
+MAX_BUSINESS_ID = 2**31 - 1
 _T = TypeVar("_T")
 _log = logging.getLogger(__name__)
 
@@ -228,7 +231,7 @@ class ReportGenerator:
 
         Raises ``TypeError``/``ValueError`` for invalid arguments (no row is written then).
         """
-        options = _validate(business_id, options)
+        options = validate_request(business_id, options)
         _validate_ids(generation_id, task_id)
         run = _Run(
             generation_id=generation_id or str(uuid.uuid4()),
@@ -347,7 +350,7 @@ class ReportGenerator:
             raise ValueError("concurrency must be at least 1")
         ids = list(business_ids)
         for business_id in ids:
-            _validate(business_id, options)
+            validate_request(business_id, options)
         gate = asyncio.Semaphore(concurrency)
 
         async def one(business_id: int) -> GenerationResult:
@@ -553,6 +556,9 @@ def _insert_row(run: _Run, session: Session) -> None:
 #: Failures that say nothing about the report: the database was unreachable, or the process
 #: died mid-report (``otel-lineage recover`` marks those "abandoned"). A retry may succeed.
 RETRYABLE_FAILURES = (DatabaseUnavailableError.error_type, "abandoned")
+#: Attempts a queued generation gets: a report that kills its worker every time (a poison
+#: message, redelivered after each death) fails ``attempts_exhausted`` instead of for ever.
+MAX_ATTEMPTS = 10
 #: Rows a queued attempt may claim: not started, started by an attempt that never ended (its
 #: worker died), or failed only for one of the reasons above.
 _CLAIMABLE = or_(
@@ -578,7 +584,7 @@ def _claim_row(run: _Run, session: Session) -> int | GenerationResult | None:
     )
     attempt = session.execute(
         update(ReportGeneration)
-        .where(matches, _CLAIMABLE)
+        .where(matches, _CLAIMABLE, ReportGeneration.attempts < MAX_ATTEMPTS)
         .values(
             status=GenerationStatus.GENERATING.value,
             attempts=ReportGeneration.attempts + 1,
@@ -594,6 +600,12 @@ def _claim_row(run: _Run, session: Session) -> int | GenerationResult | None:
     row = session.scalars(select(ReportGeneration).where(matches)).one_or_none()
     if row is None:
         return None
+    if _claimable(row):  # only its attempts are spent: it is finished now, as failed
+        row.status = GenerationStatus.FAILED.value
+        row.error_type = AttemptsExhaustedError.error_type
+        row.error_message = f"gave up after {row.attempts} attempts that did not finish"
+        row.completed_at = _now()
+        session.commit()
     return GenerationResult(
         success=row.status == GenerationStatus.COMPLETED.value,
         generation_id=row.id,
@@ -611,6 +623,13 @@ def _claim_row(run: _Run, session: Session) -> int | GenerationResult | None:
         attempt=row.attempts,
         already_finished=True,
     )
+
+
+def _claimable(row: ReportGeneration) -> bool:
+    """``_CLAIMABLE``, for a loaded row."""
+    if row.status in (GenerationStatus.PENDING.value, GenerationStatus.GENERATING.value):
+        return True
+    return row.status == GenerationStatus.FAILED.value and row.error_type in RETRYABLE_FAILURES
 
 
 def _start_row(run: _Run, session: Session) -> None:
@@ -736,11 +755,16 @@ def _mark_span_failed(span: Span, exc: Exception) -> None:
     )
 
 
-def _validate(business_id: int, options: GenerationOptions | None) -> GenerationOptions:
+def validate_request(business_id: int, options: GenerationOptions | None) -> GenerationOptions:
+    """The arguments of a generation, checked (``TypeError``/``ValueError``); its options.
+
+    Public so that whoever queues a generation for later (``d6_reports.queue``) refuses what
+    the generator would refuse before anything is written.
+    """
     if isinstance(business_id, bool) or not isinstance(business_id, int):
         raise TypeError(f"business_id must be an int, not {type(business_id).__name__}")
-    if business_id < 1:
-        raise ValueError(f"business_id must be positive, got {business_id}")
+    if not 1 <= business_id <= MAX_BUSINESS_ID:
+        raise ValueError(f"business_id must be from 1 to {MAX_BUSINESS_ID}, got {business_id}")
     options = options or GenerationOptions()
     if not isinstance(options, GenerationOptions):
         raise TypeError("options must be a GenerationOptions")

@@ -25,7 +25,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from d6_reports import db
 from d6_reports import telemetry as t
-from d6_reports.generator import GenerationOptions, ReportGenerator
+from d6_reports.generator import MAX_ATTEMPTS, GenerationOptions, ReportGenerator
 from d6_reports.models import GenerationStatus, ReportGeneration
 from d6_reports.pdf import PDFOutput
 from otel_lineage.delivery.recovery import mark_abandoned
@@ -362,3 +362,35 @@ async def test_updates_outside_a_report_trace_never_restamp_the_row(
             session.commit()
         assert lineage.flush()
     assert _row(sessions, result.generation_id).trace_id == result.trace_id
+
+
+async def test_a_generation_whose_attempts_never_finish_is_given_up(
+    db_url: str,
+    engine: Engine,
+    sessions: sessionmaker[Session],
+    business_ids: list[int],
+    tmp_path: Path,
+) -> None:
+    """A poison message (it kills its worker every time) is redelivered after each death:
+    after ``MAX_ATTEMPTS`` claims the generation fails instead of being run for ever."""
+    generation_id = _queue(sessions, business_ids[0])
+    with sessions() as session:
+        session.execute(
+            update(ReportGeneration)
+            .where(ReportGeneration.id == generation_id)
+            .values(status="generating", attempts=MAX_ATTEMPTS)
+        )
+        session.commit()
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    generator = ReportGenerator(
+        sessions, tmp_path, tracer_provider=provider, converter=FastPDFConverter()
+    )
+    result = await generator.generate_report(business_ids[0], SUMMARY, generation_id=generation_id)
+    generator.close()
+    assert result.already_finished and not result.success and not result.retryable
+    assert result.error_type == "attempts_exhausted" and result.attempt == MAX_ATTEMPTS
+    assert exporter.get_finished_spans() == ()
+    row = _row(sessions, generation_id)
+    assert (row.status, row.error_type, row.attempts) == ("failed", "attempts_exhausted", 10)
