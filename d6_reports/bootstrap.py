@@ -33,6 +33,8 @@ _STARTUP_LOGGERS = (
     "opentelemetry.instrumentation.auto_instrumentation",
     "opentelemetry.instrumentation.auto_instrumentation._load",
 )
+#: ``service.name`` of the service's processes when the environment names none.
+DEFAULT_SERVICE_NAME = "d6-reports"
 _started = False
 
 
@@ -40,10 +42,15 @@ class TelemetryStartError(RuntimeError):
     """Tracing or lineage could not start; the message is one line for the user."""
 
 
-def start_telemetry(*, warn: Callable[[str], None] | None = None) -> None:
+def start_telemetry(
+    *, warn: Callable[[str], None] | None = None, service_name: str = DEFAULT_SERVICE_NAME
+) -> None:
     """Configure OpenTelemetry once per process and check that lineage captures.
 
-    ``warn`` receives each one-line warning (default: printed to stderr).
+    ``warn`` receives each one-line warning (default: printed to stderr). ``service_name`` is
+    the resource's ``service.name`` unless the environment names one (``OTEL_SERVICE_NAME`` or
+    ``service.name`` in ``OTEL_RESOURCE_ATTRIBUTES``): traces and lineage rows of the service
+    are never ``unknown_service``.
     """
     global _started
     warn = warn or _print_warning
@@ -51,6 +58,7 @@ def start_telemetry(*, warn: Callable[[str], None] | None = None) -> None:
     try:
         if not _started:
             if isinstance(_installed_provider(), trace.ProxyTracerProvider):
+                _name_service(service_name)
                 _initialize()
             _started = True
         _run_checks(warn)
@@ -81,6 +89,13 @@ def _installed_provider() -> trace.TracerProvider:
         raise TelemetryStartError(
             f"tracing cannot start: {reason if named else _one_line(exc)}"
         ) from exc
+
+
+def _name_service(name: str) -> None:
+    resource = os.environ.get("OTEL_RESOURCE_ATTRIBUTES", "")
+    named = any(part.split("=", 1)[0].strip() == "service.name" for part in resource.split(","))
+    if not named:
+        os.environ.setdefault("OTEL_SERVICE_NAME", name)
 
 
 def _initialize() -> None:

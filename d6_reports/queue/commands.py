@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Annotated, NoReturn
@@ -32,7 +33,12 @@ from sqlalchemy.orm import Session, sessionmaker
 from d6_reports.config import Settings
 from d6_reports.db import make_engine, make_session_factory
 from d6_reports.errors import ReportError
-from d6_reports.generator import DEFAULT_TEMPLATE, MAX_BUSINESS_ID, GenerationOptions
+from d6_reports.generator import (
+    DEFAULT_TEMPLATE,
+    MAX_BUSINESS_ID,
+    RETRYABLE_FAILURES,
+    GenerationOptions,
+)
 from d6_reports.models import Business, ReportGeneration
 from d6_reports.queue.app import ReportQueueApp, create_app
 from d6_reports.queue.config import QueueConfigError
@@ -127,8 +133,9 @@ def enqueue_all(
     else:
         console.print(
             Text(
-                f"queued {len(ids)} reports on {queue_app.queue_settings.queue}; "
-                "follow one with `d6-reports status <generation id>`"
+                f"queued {len(ids)} reports on {queue_app.queue_settings.queue}"
+                + (f"; follow the first with `d6-reports status {ids[0]}`" if ids else "")
+                + " (--json lists every id)"
             )
         )
 
@@ -185,13 +192,27 @@ def status(
         str, typer.Argument(help="Generation id (or a unique prefix), as enqueue printed it.")
     ],
     json: JsonOpt = False,
+    wait: Annotated[
+        float,
+        typer.Option(
+            "--wait",
+            min=0,
+            max=86_400,
+            help="Seconds to wait for the report to finish with its lineage row (exit 0 "
+            "completed, 1 failed or still running at the deadline).",
+        ),
+    ] = 0,
 ) -> None:
     """Where a queued report is: status, attempts, PDF or error, trace, lineage."""
+    deadline = time.monotonic() + wait
     with _report_database() as (engine, _sessions):
         _require_schema(engine)
         lineage = _lineage_engine()
         try:
             state = generation_state(engine, generation_id, lineage=lineage)
+            while wait and not _settled(state) and time.monotonic() < deadline:
+                time.sleep(WAIT_POLL_S)
+                state = generation_state(engine, state.generation_id, lineage=lineage)
         except ValueError as exc:
             _fail(str(exc))
         except GenerationLookupError as exc:
@@ -203,6 +224,24 @@ def status(
         typer.echo(orjson.dumps(state.as_dict(), default=str, option=orjson.OPT_INDENT_2).decode())
     else:
         _print_state(state)
+    if wait:
+        if not _settled(state):
+            _fail(f"still {state.status} after {wait:g} s", 1)
+        if state.status != "completed":
+            raise typer.Exit(1)
+
+
+#: Seconds between two looks at the database while ``status --wait`` waits.
+WAIT_POLL_S = 0.5
+
+
+def _settled(state: GenerationState) -> bool:
+    """Finished, and its lineage row is there (or cannot be read: waiting will not help)."""
+    if state.status in ("pending", "generating"):
+        return False
+    if state.status == "failed" and state.error_type in RETRYABLE_FAILURES:
+        return False  # the database was down or a worker died: the queue tries it again
+    return state.lineage_error is not None or bool(state.lineage_present)
 
 
 # -- helpers -------------------------------------------------------------------------------------

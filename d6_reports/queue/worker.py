@@ -59,6 +59,8 @@ CHILD_FLUSH_TIMEOUT_S = 15.0
 #: for the OpenTelemetry start-up on a loaded two-core machine, and a child killed for it is
 #: replaced by one that is killed again).
 CHILD_START_TIMEOUT_S = 60.0
+#: ``service.name`` of the worker's processes unless the environment names one.
+WORKER_SERVICE_NAME = "d6-reports-worker"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 _CHATTY_LOGGERS = ("fontTools", "weasyprint.progress")
 MAX_CONCURRENCY = 64
@@ -106,7 +108,7 @@ class _Supervision:
     def on_child_init(self, **_kwargs: Any) -> None:
         """``worker_process_init``: telemetry, then the service, or stop the worker."""
         try:
-            start_telemetry(warn=self._warn)
+            start_telemetry(warn=self._warn, service_name=WORKER_SERVICE_NAME)
             tasks.worker_service()
         except TelemetryStartError as exc:
             reason = str(exc)

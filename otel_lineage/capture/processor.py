@@ -39,7 +39,7 @@ from otel_lineage.capture.fold import (
     EVICTED_BY_TTL,
     fold,
 )
-from otel_lineage.delivery.handoff import HandOff
+from otel_lineage.delivery.handoff import HandOff, ReportStart
 from otel_lineage.delivery.stats import LineageStats
 from otel_lineage.delivery.writer import BackgroundWriter
 from otel_lineage.ratelimit import RateLimitedLogger
@@ -122,11 +122,12 @@ class LineageSpanProcessor(SpanProcessor):
             carried = carrier if isinstance(carrier, Mapping) else None
             trace_id = span.context.trace_id
             self._open(trace_id, span, carried)
-            generation_id = (carried or {}).get(semconv.GENERATION_ID)
-            if generation_id is None:
-                generation_id = (span.attributes or {}).get(semconv.GENERATION_ID)
+            known = _Known(carried or {}, span.attributes or {})
+            generation_id = known.get(semconv.GENERATION_ID)
             self.handoff.begin(
-                f"{trace_id:032x}", None if generation_id is None else str(generation_id)
+                f"{trace_id:032x}",
+                None if generation_id is None else str(generation_id),
+                _report_start(known),
             )
         except Exception:
             self.stats.add("errors")
@@ -294,3 +295,35 @@ def _register_fork_handler(processor: LineageSpanProcessor) -> None:
             alive._after_fork_in_child()
 
     os.register_at_fork(after_in_child=after_in_child)
+
+
+class _Known:
+    """The carrier's value of a key, else the root's attribute (no merged copy per report)."""
+
+    __slots__ = ("_attributes", "_carried")
+
+    def __init__(self, carried: Mapping[str, object], attributes: Mapping[str, object]) -> None:
+        self._carried, self._attributes = carried, attributes
+
+    def get(self, key: str) -> object:
+        value = self._carried.get(key)
+        return self._attributes.get(key) if value is None else value
+
+
+def _report_start(known: _Known) -> ReportStart:
+    """The report's identity as known at its start, for its open marker (ids and names)."""
+
+    def number(key: str) -> int | None:
+        value = known.get(key)
+        return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+    def name(key: str) -> str | None:
+        value = known.get(key)
+        return value if isinstance(value, str) else None
+
+    return ReportStart(
+        business_id=number(semconv.BUSINESS_ID),
+        template_name=name(semconv.TEMPLATE_NAME),
+        template_version=name(semconv.TEMPLATE_VERSION),
+        attempt=number(semconv.ATTEMPT),
+    )

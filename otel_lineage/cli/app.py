@@ -196,6 +196,11 @@ def _waiting_in_outbox(directory: Path | None) -> dict[str, Path]:
     return pending_generation_ids(directory) if directory and directory.is_dir() else {}
 
 
+def _template(row: dict[str, Any]) -> str:
+    """``name version`` as recorded; ``-`` for what was not (an abandoned report's row)."""
+    return f"{row.get('template_name') or '-'} {row.get('template_version') or '-'}"
+
+
 def _attempts_line(row: dict[str, Any], others: list[dict[str, Any]]) -> str:
     """This row's attempt and the others' (a queued task run more than once)."""
     shown = str(row["attempt"]) if row.get("attempt") is not None else "not recorded"
@@ -259,7 +264,13 @@ def audit_cmd(
             "capture rate ",
             (f"{report.capture_rate:.2%}", "green" if report.capture_rate >= 1.0 else "red"),
             f" ({report.with_lineage}/{finished} finished reports have lineage; "
-            f"{report.in_flight} in progress, {report.abandoned} abandoned)",
+            f"{report.in_flight} in progress, {report.abandoned} abandoned"
+            + (
+                f"; {report.superseded_attempts} earlier attempts of re-run reports"
+                if report.superseded_attempts
+                else ""
+            )
+            + ")",
         )
     )
     others = ", ".join(f"{k} {v}" for k, v in report.counters.items() if k != "pending")
@@ -269,11 +280,6 @@ def audit_cmd(
             f"{report.counters.get('pending', 0)}; {others} (over {report.processes} processes)"
         )
     )
-    if report.superseded_attempts:
-        console.print(
-            f"earlier attempts: {report.superseded_attempts} lineage rows of attempts a later "
-            "attempt took over from (redelivered or retried queued reports)"
-        )
     if quarantined:
         console.print(_quarantine_line(quarantined, directory))
     if report.missing:
@@ -358,7 +364,7 @@ def show(
         ("incomplete reasons", ", ".join(row["incomplete_reasons"]) or "-"),
         ("error", f"{row['error_type']}: {row['error_message']}" if row["error_type"] else "-"),
         ("business", row["business_id"]),
-        ("template", f"{row['template_name']} {row['template_version']}"),
+        ("template", _template(row)),
         ("template sha256", row["template_sha256"]),
         ("inputs sha256", row["inputs_sha256"]),
         ("inputs", _inputs_line(inputs)),
@@ -552,7 +558,7 @@ def list_cmd(
         table.add_row(
             text(row["report_generation_id"]),
             text(row["business_id"]),
-            text(f"{row['template_name']} {row['template_version']}"),
+            text(_template(row)),
             Text.assemble(row["status"], ("" if row["complete"] else " (incomplete)", "yellow")),
             text(row["started_at"].isoformat(timespec="seconds")),
             text(f"{row['duration_ms']:.0f}" if row["duration_ms"] is not None else "-"),
@@ -579,7 +585,7 @@ def identify(
             console.print(
                 text(
                     f"  report {row['report_generation_id']}, business "
-                    f"{row['business_id']}, {row['template_name']} {row['template_version']}, "
+                    f"{row['business_id']}, {_template(row)}, "
                     f"{row['started_at'].isoformat(timespec='seconds')}, inputs "
                     f"{row['inputs_sha256']}, trace {row['trace_id']}"
                 )
@@ -663,7 +669,7 @@ def stats(since: SinceOpt = None, until: UntilOpt = None, json: JsonOpt = False)
     for name in ("template", "reports", "failed", "failure rate", "step", "p50 ms", "p95 ms"):
         table.add_column(name)
     for group in groups:
-        label = f"{group['template_name']} {group['template_version']}"
+        label = _template(group)
         first = True
         for step, figures in group["steps"].items() or [("-", {"p50_ms": "-", "p95_ms": "-"})]:
             table.add_row(

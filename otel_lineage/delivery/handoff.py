@@ -18,6 +18,17 @@ from otel_lineage.record import LineageRecord
 
 
 @dataclass(frozen=True, slots=True)
+class ReportStart:
+    """What a report's open marker remembers besides its ids, so that a report whose process
+    died is recorded with its business, template and attempt (never any input value)."""
+
+    business_id: int | None = None
+    template_name: str | None = None
+    template_version: str | None = None
+    attempt: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Pending:
     """A record taken for writing; ``key`` identifies it to ``ack``/``release``."""
 
@@ -26,7 +37,9 @@ class Pending:
 
 
 class HandOff(Protocol):
-    def begin(self, trace_id: str, report_generation_id: str | None) -> None:
+    def begin(
+        self, trace_id: str, report_generation_id: str | None, start: ReportStart | None = None
+    ) -> None:
         """A report trace started: remember it until its record is ``put`` (cheap, no sync).
 
         A durable hand-off keeps the marker so that a report whose process dies before the
@@ -70,7 +83,9 @@ class MemoryHandOff:
         self._seq = 0
         self._cond = threading.Condition()
 
-    def begin(self, trace_id: str, report_generation_id: str | None) -> None:
+    def begin(
+        self, trace_id: str, report_generation_id: str | None, start: ReportStart | None = None
+    ) -> None:
         """Nothing to do: a memory queue dies with its process, markers and all."""
 
     def put(self, record: LineageRecord) -> bool:

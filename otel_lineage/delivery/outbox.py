@@ -44,7 +44,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from otel_lineage.delivery.handoff import Pending
+from otel_lineage.delivery.handoff import Pending, ReportStart
 from otel_lineage.delivery.recovery import (
     QuarantinedItem,
     abandoned_record,
@@ -82,9 +82,16 @@ _MARKER_TABLE = """
 CREATE TABLE IF NOT EXISTS open_report (
     trace_id TEXT PRIMARY KEY,
     report_generation_id TEXT,
-    started_at REAL NOT NULL
+    started_at REAL NOT NULL,
+    business_id INTEGER,
+    template_name TEXT,
+    template_version TEXT,
+    attempt INTEGER
 )
 """
+#: Marker columns added after the first version: an orphan outbox of an older version lacks
+#: them, and its abandoned reports are recorded without them.
+_MARKER_DETAIL = ("business_id", "template_name", "template_version", "attempt")
 _COLUMNS = "trace_id, report_generation_id, created_at, size, record"
 _INSERT = f"INSERT INTO main.outbox ({_COLUMNS}) VALUES (?, ?, ?, ?, ?)"
 _ADOPT_CHUNK = 500
@@ -149,15 +156,26 @@ class OutboxHandOff:
 
     # -- HandOff ----------------------------------------------------------------------------
 
-    def begin(self, trace_id: str, report_generation_id: str | None) -> None:
+    def begin(
+        self, trace_id: str, report_generation_id: str | None, start: ReportStart | None = None
+    ) -> None:
         """One insert, no extra sync: the marker rides the WAL like the records do."""
+        start = start or ReportStart()
         with self._cond:
             if self._closed:
                 return
             try:
                 self._conn.execute(
-                    "INSERT OR REPLACE INTO open_report VALUES (?, ?, ?)",
-                    (trace_id, report_generation_id, time.time()),
+                    "INSERT OR REPLACE INTO open_report VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        trace_id,
+                        report_generation_id,
+                        time.time(),
+                        start.business_id,
+                        start.template_name,
+                        start.template_version,
+                        start.attempt,
+                    ),
                 )
             except (sqlite3.Error, ValueError):
                 _log.exception("lineage outbox %s not writable", self.path)
@@ -368,14 +386,18 @@ class OutboxHandOff:
         """Each marker without a record: a report whose process died before it ended."""
         if "open_report" not in tables:
             return [], 0
-        unmatched = "SELECT trace_id, report_generation_id, started_at FROM orphan.open_report"
+        present = {row[1] for row in self._conn.execute("PRAGMA orphan.table_info(open_report)")}
+        detail = ", ".join(name if name in present else "NULL" for name in _MARKER_DETAIL)
+        unmatched = (
+            f"SELECT trace_id, report_generation_id, started_at, {detail} FROM orphan.open_report"
+        )
         if "outbox" in tables:
             unmatched += " WHERE trace_id NOT IN (SELECT trace_id FROM orphan.outbox)"
         records = []
         size = 0
-        for trace_id, generation_id, started_at in self._conn.execute(unmatched).fetchall():
+        for trace_id, generation_id, started_at, *known in self._conn.execute(unmatched).fetchall():
             try:
-                record = abandoned_record(trace_id, generation_id, started_at)
+                record = abandoned_record(trace_id, generation_id, started_at, ReportStart(*known))
             except (TypeError, ValueError, OverflowError, OSError):
                 # A marker holds no customer data: an unreadable one is dropped, said once,
                 # and never stops the records of the same file.

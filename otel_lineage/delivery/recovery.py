@@ -28,7 +28,8 @@ from pathlib import Path
 import orjson
 from sqlalchemy import Engine, column, or_, table, update
 
-from otel_lineage.record import CODEC, LineageRecord, compress
+from otel_lineage.delivery.handoff import ReportStart
+from otel_lineage.record import CODEC, LineageRecord, clean_text, compress
 
 QUARANTINE_DIR = "quarantine"
 NOTE_SUFFIX = ".json"
@@ -121,13 +122,18 @@ def inspect_quarantine(outbox_dir: Path) -> list[QuarantinedItem]:
 
 
 def abandoned_record(
-    trace_id: object, report_generation_id: object, started_at: object
+    trace_id: object,
+    report_generation_id: object,
+    started_at: object,
+    start: ReportStart | None = None,
 ) -> LineageRecord:
     """The lineage of a report whose process died before the report ended.
 
-    The values come from an orphan outbox's marker, as stored: anything malformed (not a trace
-    id, a time out of range) is a ``ValueError``.
+    The values come from an orphan outbox's marker, as stored: anything malformed in the ids or
+    the time (not a trace id, a time out of range) is a ``ValueError``; a malformed detail of
+    ``start`` (business, template, attempt) is left out, never a reason to lose the record.
     """
+    start = start or ReportStart()
     if not (isinstance(trace_id, str) and len(trace_id) == 32 and _is_hex(trace_id)):
         raise ValueError("marker trace id is not 32 hex digits")
     if report_generation_id is not None and not (
@@ -142,6 +148,10 @@ def abandoned_record(
         trace_id=trace_id,
         root_span_id=UNKNOWN_SPAN_ID,
         report_generation_id=report_generation_id,
+        business_id=_bounded_int(start.business_id),
+        template_name=_bounded_text(start.template_name),
+        template_version=_bounded_text(start.template_version),
+        attempt=_bounded_int(start.attempt),
         status="failed",
         error_type=ABANDONED,
         error_message="the process died before the report ended",
@@ -201,6 +211,18 @@ def _write_note(path: Path, *, kind: str, reason: str, source: str) -> None:
     temporary = Path(f"{path}{NOTE_SUFFIX}.tmp")
     temporary.write_bytes(orjson.dumps(note))
     os.replace(temporary, Path(f"{path}{NOTE_SUFFIX}"))
+
+
+def _bounded_int(value: object) -> int | None:
+    """An integer column's value (32 bits on PostgreSQL), or None."""
+    if isinstance(value, int) and not isinstance(value, bool) and -(2**31) <= value < 2**31:
+        return value
+    return None
+
+
+def _bounded_text(value: object) -> str | None:
+    """A short name (template name or version, at most 100 characters), cleaned, or None."""
+    return clean_text(value) if isinstance(value, str) and 0 < len(value) <= 100 else None
 
 
 def _is_hex(text: str) -> bool:

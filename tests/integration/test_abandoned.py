@@ -91,6 +91,12 @@ def test_sigkill_mid_report_gives_an_abandoned_row_and_a_failed_generation(
     )
     assert row["incomplete_reasons"] == ["process_died_before_report_ended"]
     assert row["trace_id"] == generation.trace_id and row["span_count"] == 0
+    # What the report was is known from its start (ids and names, no input value).
+    assert (row["business_id"], row["template_name"], row["attempt"]) == (
+        business_ids[0],
+        "summary",
+        1,
+    )
     with sessions() as session:
         flipped = session.get(ReportGeneration, generation.id)
         assert flipped is not None
@@ -146,3 +152,32 @@ def test_text_no_database_accepts_never_loses_a_record_or_the_counters(
         service = conn.scalar(select(lineage_counters.c.service_name))
     assert service == "svc-\ufffd" + "x" * 300
     store.engine.dispose()
+
+
+def test_an_orphan_of_an_older_version_is_still_recovered(outbox_dir: Path) -> None:
+    """An outbox written before markers held the business, template and attempt."""
+    import sqlite3
+
+    outbox_dir.mkdir(parents=True, exist_ok=True)
+    old = outbox_dir / "outbox-0123456789abcdef0123456789abcdef.db"
+    conn = sqlite3.connect(old)
+    conn.executescript(
+        """
+        CREATE TABLE outbox (seq INTEGER PRIMARY KEY AUTOINCREMENT, trace_id TEXT NOT NULL,
+            report_generation_id TEXT, created_at REAL NOT NULL, size INTEGER NOT NULL,
+            record BLOB NOT NULL);
+        CREATE TABLE open_report (trace_id TEXT PRIMARY KEY, report_generation_id TEXT,
+            started_at REAL NOT NULL);
+        """
+    )
+    conn.execute("INSERT INTO open_report VALUES (?, ?, ?)", ("a" * 32, "old-report", 1.0e9))
+    conn.commit()
+    conn.close()
+    box = OutboxHandOff(outbox_dir)
+    assert box.recover() == 1
+    (item,) = box.take(10, 0)
+    record = item.record
+    assert (record.report_generation_id, record.error_type) == ("old-report", "abandoned")
+    assert (record.business_id, record.template_name, record.attempt) == (None, None, None)
+    box.ack([item])
+    box.close()

@@ -79,6 +79,12 @@ def test_bare_commands_give_every_pdf_its_lineage(workdir: Path) -> None:
     pdfs, generations, lineage = _counts(workdir)
     assert pdfs == generations == lineage == 5
     assert "capture rate 100.00%" in _sh("otel-lineage audit", workdir, env)
+    conn = sqlite3.connect(workdir / "var" / "d6_reports.db")
+    try:  # the service names itself when the environment does not
+        names = {n for (n,) in conn.execute("SELECT DISTINCT service_name FROM report_lineage")}
+    finally:
+        conn.close()
+    assert names == {"d6-reports"}
 
 
 def test_zero_code_line_gives_every_pdf_its_lineage(workdir: Path) -> None:

@@ -14,7 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from sqlalchemy import Engine
+from sqlalchemy import Engine, select
 
 from otel_lineage.delivery.outbox import (
     OutboxHandOff,
@@ -23,6 +23,7 @@ from otel_lineage.delivery.outbox import (
     open_reports,
     pending_generation_ids,
 )
+from otel_lineage.delivery.schema import report_lineage
 from tests.integration.test_outbox_quarantine import _crash, _deliver, _fresh, _trace_ids
 from tests.integration.test_writer import _record
 
@@ -72,14 +73,30 @@ def test_an_absurd_marker_never_strands_the_records_beside_it(
     directory = tmp_path / "outbox"
     box, good = _orphan_with_one_record(directory)
     conn = sqlite3.connect(box.path)
-    conn.execute("INSERT INTO open_report VALUES (?, NULL, 1e300)", ("f" * 32,))
-    conn.execute("INSERT INTO open_report VALUES ('not hex', 'x', 1.0)")
+    marker = "INSERT INTO open_report (trace_id, report_generation_id, started_at"
+    conn.execute(f"{marker}) VALUES (?, NULL, 1e300)", ("f" * 32,))
+    conn.execute(f"{marker}) VALUES ('not hex', 'x', 1.0)")
+    # Absurd details only lose themselves, never the record.
+    conn.execute(
+        f"{marker}, business_id, template_name, attempt) VALUES (?, 'y', 1.0, ?, ?, ?)",
+        ("e" * 32, 2**40, "t" * 500, "three"),
+    )
     conn.commit()
     conn.close()
     done = _flush(directory, db_url)
     assert done.returncode == 0, done.stderr
     assert "Traceback" not in done.stderr
     assert good in _trace_ids(engine)
+    with engine.connect() as conn:
+        (absurd,) = conn.execute(
+            select(report_lineage).where(report_lineage.c.trace_id == "e" * 32)
+        ).mappings()
+    assert (absurd["report_generation_id"], absurd["error_type"]) == ("y", "abandoned")
+    assert (absurd["business_id"], absurd["template_name"], absurd["attempt"]) == (
+        None,
+        None,
+        None,
+    )
 
 
 def test_what_cannot_be_recovered_makes_flush_fail_loudly(

@@ -600,7 +600,8 @@ def test_a_child_that_starts_takes_reports(monkeypatch: pytest.MonkeyPatch) -> N
     supervision = worker_module._Supervision(parent_pid=424242)
     try:
 
-        def start(*, warn: Callable[[str], None]) -> None:
+        def start(*, warn: Callable[[str], None], service_name: str) -> None:
+            assert service_name == worker_module.WORKER_SERVICE_NAME
             warn("lineage is off (ENABLE_REPORT_LINEAGE=false)")
             warnings.append("called")
 
