@@ -8,7 +8,8 @@ Sections:
   directly (span hooks and fold on the report thread, writer time per record).
 - with PostgreSQL: lineage designs compared, lookups over 1,000,000 rows (bench/queries.py) and
   the lineage service over that same table (bench/web.py: report page and API latency,
-  requests/s with 2 uvicorn workers).
+  requests/s with 2 uvicorn workers); with a broker too, reports through the task queue
+  against ``generate-all`` (bench/queue.py: PDFs/s, enqueue-to-completed latency).
 
 Everything runs on a fresh SQLite database under a temporary directory. Results go to
 ``bench/results/latest.json`` and a Markdown table to ``bench/results/latest.md``.
@@ -322,6 +323,10 @@ def write_markdown(results: dict[str, Any], path: Path) -> None:
         from bench.web import markdown
 
         lines += ["", *markdown(results["web"], results["lookups"]["rows"])]
+    if "queue" in results:
+        from bench.queue import markdown as queue_markdown
+
+        lines += ["", *queue_markdown(results["queue"])]
     path.write_text("\n".join(lines) + "\n")
 
 
@@ -333,6 +338,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--throughput-reports", type=int, default=48, help="reports per run")
     parser.add_argument("--skip-million", action="store_true", help="skip the 1M-row lookups")
     parser.add_argument("--skip-web", action="store_true", help="skip the lineage service figures")
+    parser.add_argument("--skip-queue", action="store_true", help="skip the task queue figures")
+    parser.add_argument("--queue-reports", type=int, default=600, help="reports per queue run")
     args = parser.parse_args(argv)
     RESULTS.mkdir(exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
@@ -379,6 +386,16 @@ def main(argv: Sequence[str] | None = None) -> None:
                         step("lineage service over the same 1,000,000 rows (PostgreSQL)")
                         results["web"] = web.run(scoped, Path(tmp) / "web")
             results["outbox_put"] = durability.outbox_put_cost(Path(tmp), url, 2000)
+            if not args.skip_queue:
+                from bench import queue as queue_bench
+
+                step("task queue (PostgreSQL, broker)")
+                try:
+                    results["queue"] = queue_bench.run(
+                        pg, queue_bench.broker_url(), args.queue_reports, 100
+                    )
+                except queue_bench.Unavailable as exc:
+                    print(f"bench: {exc}, skipping the task queue figures", file=sys.stderr)
     (RESULTS / "latest.json").write_text(json.dumps(results, indent=2) + "\n")
     write_markdown(results, RESULTS / "latest.md")
     print((RESULTS / "latest.md").read_text())
