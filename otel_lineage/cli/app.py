@@ -234,6 +234,9 @@ def _quarantine_line(items: list[QuarantinedItem], directory: Path | None) -> Te
 
 # -- audit ---------------------------------------------------------------------------------------
 
+#: Seconds between two audits while ``audit --wait`` waits.
+AUDIT_POLL_S = 1.0
+
 
 @app.command("audit")
 def audit_cmd(
@@ -243,17 +246,33 @@ def audit_cmd(
         int, typer.Option(min=0, max=100_000, help="Missing/incomplete reports listed at most.")
     ] = 50,
     json: JsonOpt = False,
+    wait: Annotated[
+        float,
+        typer.Option(
+            min=0,
+            max=86_400,
+            help="Seconds to wait for reports in progress to finish and for every finished "
+            "report's lineage to arrive (draining a queue) before answering.",
+        ),
+    ] = 0,
 ) -> None:
     """Reconcile report generations with lineage rows; exit 1 below 100% capture."""
     directory = _outbox_dir()
-    report = audit(
-        _engine("reports"),
-        _engine("lineage"),
-        since=parse_time(since, "--since"),
-        until=parse_time(until, "--until"),
-        waiting=_waiting_in_outbox(directory),
-        open_reports=_open_reports(directory),
-    )
+    reports, lineage = _engine("reports"), _engine("lineage")
+    period = {"since": parse_time(since, "--since"), "until": parse_time(until, "--until")}
+    deadline = time.monotonic() + wait
+    while True:
+        report = audit(
+            reports,
+            lineage,
+            **period,
+            waiting=_waiting_in_outbox(directory),
+            open_reports=_open_reports(directory),
+        )
+        settled = report.capture_rate >= 1.0 and report.in_flight == 0
+        if settled or time.monotonic() >= deadline:
+            break
+        time.sleep(AUDIT_POLL_S)
     quarantined = _quarantine(directory)
     if json:
         _dump({**report.as_dict(limit), "quarantine": [_quarantined(q) for q in quarantined]})
