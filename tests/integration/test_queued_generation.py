@@ -25,13 +25,20 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from d6_reports import db
 from d6_reports import telemetry as t
-from d6_reports.generator import MAX_ATTEMPTS, GenerationOptions, ReportGenerator
+from d6_reports.generator import (
+    MAX_ATTEMPTS,
+    GenerationOptions,
+    GenerationResult,
+    ReportGenerator,
+)
 from d6_reports.models import GenerationStatus, ReportGeneration
 from d6_reports.pdf import PDFOutput
 from otel_lineage.delivery.recovery import mark_abandoned
 from otel_lineage.reading.query import attempts_of, audit, get_row
 from tests.fast_pdf import FastPDFConverter
 from tests.lineage_support import lineage_pipeline, lineage_rows
+
+SUMMARY = GenerationOptions(template_name="summary")
 
 
 def _queue(sessions: sessionmaker[Session], business_id: int, template: str = "summary") -> str:
@@ -57,6 +64,38 @@ def _row(sessions: sessionmaker[Session], generation_id: str) -> ReportGeneratio
         return session.get_one(ReportGeneration, generation_id)
 
 
+def _set(sessions: sessionmaker[Session], generation_id: str, **values: object) -> None:
+    """Put the row in a state an earlier attempt (or an outage) left it in."""
+    with sessions() as session:
+        session.execute(
+            update(ReportGeneration).where(ReportGeneration.id == generation_id).values(**values)
+        )
+        session.commit()
+
+
+async def _run_queued(
+    db_url: str,
+    engine: Engine,
+    sessions: sessionmaker[Session],
+    reports_dir: Path,
+    business_id: int,
+    generation_id: str,
+) -> GenerationResult:
+    """One delivery of the queued generation, with a real lineage pipeline, flushed."""
+    with lineage_pipeline(db_url, engine) as (lineage, _exporter):
+        generator = ReportGenerator(
+            sessions, reports_dir, tracer_provider=lineage.provider, converter=FastPDFConverter()
+        )
+        try:
+            result = await generator.generate_report(
+                business_id, SUMMARY, generation_id=generation_id
+            )
+        finally:
+            generator.close()
+        assert lineage.flush()
+    return result
+
+
 class GatedConverter(FastPDFConverter):
     """Holds the first conversion until released: an attempt a redelivery overtakes."""
 
@@ -74,9 +113,6 @@ class GatedConverter(FastPDFConverter):
             self.entered.set()
             assert self.release.wait(30)
         return super().convert(html, asset_root=asset_root, **options)
-
-
-SUMMARY = GenerationOptions(template_name="summary")
 
 
 async def test_a_queued_generation_runs_once_and_its_row_names_its_trace(
@@ -169,22 +205,15 @@ async def test_an_attempt_lost_with_its_process_is_resumed_and_not_marked_abando
 ) -> None:
     generation_id = _queue(sessions, business_ids[0])
     dead_trace = "ab" * 16
-    with sessions() as session:  # what a worker killed mid-report leaves behind
-        session.execute(
-            update(ReportGeneration)
-            .where(ReportGeneration.id == generation_id)
-            .values(status="generating", attempts=1, trace_id=dead_trace, span_id="cd" * 8)
-        )
-        session.commit()
-    with lineage_pipeline(db_url, engine) as (lineage, _exporter):
-        generator = ReportGenerator(
-            sessions, tmp_path, tracer_provider=lineage.provider, converter=FastPDFConverter()
-        )
-        resumed = await generator.generate_report(
-            business_ids[0], SUMMARY, generation_id=generation_id
-        )
-        generator.close()
-        assert lineage.flush()
+    _set(
+        sessions,
+        generation_id,
+        status="generating",
+        attempts=1,
+        trace_id=dead_trace,
+        span_id="cd" * 8,
+    )
+    resumed = await _run_queued(db_url, engine, sessions, tmp_path, business_ids[0], generation_id)
     assert resumed.success and resumed.attempt == 2
     # Recovering the dead attempt's outbox later must not fail the finished generation.
     assert mark_abandoned(engine, [(generation_id, dead_trace)]) == 0
@@ -200,25 +229,11 @@ async def test_a_generation_recovered_as_abandoned_is_claimed_again(
 ) -> None:
     generation_id = _queue(sessions, business_ids[0])
     dead_trace = "ef" * 16
-    with sessions() as session:
-        session.execute(
-            update(ReportGeneration)
-            .where(ReportGeneration.id == generation_id)
-            .values(status="generating", attempts=1, trace_id=dead_trace)
-        )
-        session.commit()
+    _set(sessions, generation_id, status="generating", attempts=1, trace_id=dead_trace)
     assert mark_abandoned(engine, [(generation_id, "00" * 16)]) == 0  # another trace: no
     assert mark_abandoned(engine, [(generation_id, dead_trace)]) == 1
     assert _row(sessions, generation_id).error_type == "abandoned"
-    with lineage_pipeline(db_url, engine) as (lineage, _exporter):
-        generator = ReportGenerator(
-            sessions, tmp_path, tracer_provider=lineage.provider, converter=FastPDFConverter()
-        )
-        result = await generator.generate_report(
-            business_ids[0], SUMMARY, generation_id=generation_id
-        )
-        generator.close()
-        assert lineage.flush()
+    result = await _run_queued(db_url, engine, sessions, tmp_path, business_ids[0], generation_id)
     assert result.success and result.attempt == 2
     row = _row(sessions, generation_id)
     assert (row.status, row.error_type, row.error_message) == ("completed", None, None)
@@ -322,22 +337,8 @@ async def test_a_generation_failed_by_an_outage_is_claimed_again(
     tmp_path: Path,
 ) -> None:
     generation_id = _queue(sessions, business_ids[0])
-    with sessions() as session:
-        session.execute(
-            update(ReportGeneration)
-            .where(ReportGeneration.id == generation_id)
-            .values(status="failed", attempts=1, error_type="database_unavailable")
-        )
-        session.commit()
-    with lineage_pipeline(db_url, engine) as (lineage, _exporter):
-        generator = ReportGenerator(
-            sessions, tmp_path, tracer_provider=lineage.provider, converter=FastPDFConverter()
-        )
-        result = await generator.generate_report(
-            business_ids[0], SUMMARY, generation_id=generation_id
-        )
-        generator.close()
-        assert lineage.flush()
+    _set(sessions, generation_id, status="failed", attempts=1, error_type="database_unavailable")
+    result = await _run_queued(db_url, engine, sessions, tmp_path, business_ids[0], generation_id)
     assert result.success and result.attempt == 2
     assert _row(sessions, generation_id).status == "completed"
 
@@ -374,13 +375,7 @@ async def test_a_generation_whose_attempts_never_finish_is_given_up(
     """A poison message (it kills its worker every time) is redelivered after each death:
     after ``MAX_ATTEMPTS`` claims the generation fails instead of being run for ever."""
     generation_id = _queue(sessions, business_ids[0])
-    with sessions() as session:
-        session.execute(
-            update(ReportGeneration)
-            .where(ReportGeneration.id == generation_id)
-            .values(status="generating", attempts=MAX_ATTEMPTS)
-        )
-        session.commit()
+    _set(sessions, generation_id, status="generating", attempts=MAX_ATTEMPTS)
     exporter = InMemorySpanExporter()
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
