@@ -427,12 +427,15 @@ class ReportGenerator:
                 / f"{template.name}-{template.version}-{run.generation_id}.pdf"
             )
             try:
-                await self._in_thread(_write_atomically, path, pdf.data)
+                staged = await self._in_thread(_stage, path, pdf.data)
             except OSError as exc:
                 raise StorageError(f"cannot store PDF at {path}: {exc}") from exc
-            run.pdf_path = path
             _record(run, span, {t.OUTPUT_URI: path.resolve().as_uri()})
-            await self._db(functools.partial(_complete_row, run, template, pdf, path))
+            try:
+                await self._db(functools.partial(_complete_row, run, template, pdf, staged, path))
+            finally:
+                staged.unlink(missing_ok=True)  # still there: this attempt did not complete
+            run.pdf_path = path
 
     def _load_inputs(self, business_id: int, session: Session) -> InputSnapshot:
         return load_inputs(
@@ -577,10 +580,21 @@ def _claim_row(run: _Run, session: Session) -> int | GenerationResult | None:
     A bulk ``UPDATE`` (no ORM flush, so no mapper events: the row is stamped with the report's
     trace by ``_start_row``, inside it).
     """
+    version = run.options.template_version
     matches = (
         (ReportGeneration.id == run.generation_id)
         & (ReportGeneration.business_id == run.business_id)
         & (ReportGeneration.template_name == run.options.template_name)
+        # The version asked for. A request for the latest (None) also matches a row that
+        # recorded the version it resolved to once it ran (a redelivery after it finished).
+        & (
+            or_(
+                ReportGeneration.template_version.is_(None),
+                ReportGeneration.status != GenerationStatus.PENDING.value,
+            )
+            if version is None
+            else ReportGeneration.template_version == version
+        )
     )
     attempt = session.execute(
         update(ReportGeneration)
@@ -590,6 +604,10 @@ def _claim_row(run: _Run, session: Session) -> int | GenerationResult | None:
             attempts=ReportGeneration.attempts + 1,
             error_type=None,
             error_message=None,
+            # Until _start_row stamps this attempt's trace, the row names no trace: recovering
+            # the dead attempt's outbox meanwhile cannot mistake this attempt for it.
+            trace_id=None,
+            span_id=None,
         )
         .returning(ReportGeneration.attempts)
         .execution_options(synchronize_session=False)
@@ -654,8 +672,18 @@ def _owned(run: _Run) -> Any:
 
 
 def _complete_row(
-    run: _Run, template: TemplateVersion, pdf: PDFOutput, path: Path, session: Session
+    run: _Run,
+    template: TemplateVersion,
+    pdf: PDFOutput,
+    staged: Path,
+    path: Path,
+    session: Session,
 ) -> None:
+    """Complete the row and put the staged PDF in place, only while this attempt owns the row.
+
+    The conditional ``UPDATE`` holds the row until the commit, so no other attempt can claim it
+    between the check and the rename: an overtaken attempt never replaces the completed PDF.
+    """
     completed = session.execute(
         update(ReportGeneration)
         .where(_owned(run))
@@ -678,6 +706,11 @@ def _complete_row(
             f"generation {run.generation_id}: a later attempt took over from attempt "
             f"{run.attempt}; this one does not complete it"
         )
+    try:
+        os.replace(staged, path)
+    except OSError as exc:
+        session.rollback()
+        raise StorageError(f"cannot store PDF at {path}: {exc}") from exc
     session.commit()
 
 
@@ -793,14 +826,16 @@ def _shown(value: object) -> str:
     return text if len(text) <= 40 else f"{text[:37]}..."
 
 
-def _write_atomically(path: Path, data: bytes) -> None:
+def _stage(path: Path, data: bytes) -> Path:
+    """``data`` written and synced beside ``path``, under a name of this attempt's own; the
+    completion renames it into place (atomic on one file system)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as handle:
+    staged = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:12]}.tmp")
+    with open(staged, "wb") as handle:
         handle.write(data)
         handle.flush()
         os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    return staged
 
 
 def _now() -> datetime:

@@ -22,10 +22,13 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 
-from celery.exceptions import Reject, Retry
+from celery.exceptions import InvalidTaskError, Reject, Retry
+from celery.worker.strategy import default as default_strategy
 
 from d6_reports.config import Settings
 from d6_reports.db import make_engine, make_session_factory
@@ -39,6 +42,8 @@ _log = logging.getLogger(__name__)
 #: Builds the PDF converter of this process's generator (None: the real WeasyPrint one).
 converter_factory: Callable[[], PDFConverter] | None = None
 
+#: A generation id (``uuid.uuid4()`` text): the only task id ``enqueue`` sends.
+_GENERATION_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 _service: ReportService | None = None
 _service_pid: int | None = None
 
@@ -52,7 +57,78 @@ def register(app: ReportQueueApp) -> None:
         reject_on_worker_lost=True,
         max_retries=app.queue_settings.max_retries,
         ignore_result=app.queue_settings.result_backend is None,
+        Strategy="d6_reports.queue.tasks:guarded_strategy",
     )(generate_queued_report)
+
+
+def guarded_strategy(task: Any, app: Any, consumer: Any, **options: Any) -> Any:
+    """Celery's own task strategy, behind a guard for messages it cannot even read.
+
+    Celery turns a message into a request in the worker's parent, before any task code runs;
+    a body or header of the wrong shape (not ``[args, kwargs, embed]``, an ETA or time limit
+    that is not a number) raises there, and an exception other than ``InvalidTaskError`` is
+    "unrecoverable": the worker stops, the message goes back to the queue, and every worker
+    that takes it stops too. The guard drops such a message (rejected without requeue), logs
+    that it did without any of its contents (a stranger's message may hold anything), and the
+    worker goes on.
+    """
+    handle = default_strategy(task, app, consumer, **options)
+
+    def task_message_handler(
+        message: Any, body: Any, ack: Any, reject: Any, *args: Any, **kw: Any
+    ) -> Any:
+        try:
+            _check_headers(message.headers)
+            return handle(message, body, ack, reject, *args, **kw)
+        except Exception as exc:
+            _log.error(
+                "unreadable report task message dropped (%s); its contents are not logged",
+                type(exc).__qualname__,
+            )
+            try:
+                message.reject(requeue=False)
+            except Exception as reject_exc:  # already acknowledged, or the connection is gone
+                _log.debug("rejecting the unreadable message failed", exc_info=reject_exc)
+            return None
+
+    return task_message_handler
+
+
+def _check_headers(headers: object) -> None:
+    """The headers Celery trusts before any task code runs, as ``enqueue`` sends them.
+
+    A task id that is not a generation id (Celery logs it on receipt), and a time limit, ETA,
+    expiry or retry count that is not what it should be (Celery fails on them later, in the
+    pool, and stops the worker), make the message unreadable: ``InvalidTaskError``.
+    """
+    if not isinstance(headers, dict):
+        raise InvalidTaskError("no headers")
+    task_id = headers.get("id")
+    if not (isinstance(task_id, str) and _GENERATION_ID.fullmatch(task_id)):
+        raise InvalidTaskError("the task id is not a generation id")
+    limits = headers.get("timelimit")
+    if limits is not None and not (
+        isinstance(limits, list | tuple)
+        and len(limits) == 2
+        and all(v is None or (_number(v) and v > 0) for v in limits)
+    ):
+        raise InvalidTaskError("the time limits are not two positive numbers")
+    for name in ("eta", "expires"):
+        value = headers.get(name)
+        if value is not None:
+            if not isinstance(value, str) or len(value) > 64:
+                raise InvalidTaskError(f"the {name} is not a time")
+            try:
+                datetime.fromisoformat(value)
+            except ValueError:
+                raise InvalidTaskError(f"the {name} is not a time") from None
+    retries = headers.get("retries", 0)
+    if not (isinstance(retries, int) and not isinstance(retries, bool) and retries >= 0):
+        raise InvalidTaskError("the retry count is not a count")
+
+
+def _number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def generate_queued_report(task: Any, *args: Any, **kwargs: Any) -> dict[str, object]:
@@ -67,6 +143,11 @@ def generate_queued_report(task: Any, *args: Any, **kwargs: Any) -> dict[str, ob
     if request is None:
         return {"generation_id": None, "status": "rejected", "error_type": "malformed_message"}
     generation_id, business_id, options = request
+    if task.request.id != generation_id:
+        # enqueue sends every task with its generation id as task id; anything else is not ours
+        # (and a task id is logged and traced: it must never be a stranger's text).
+        _log.error("report task message dropped: its task id is not its generation id")
+        return {"generation_id": None, "status": "rejected", "error_type": "malformed_message"}
     try:
         result = worker_service().generator.generate_report_sync(
             business_id, options, generation_id=generation_id, task_id=task.request.id

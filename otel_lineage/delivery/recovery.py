@@ -26,7 +26,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import orjson
-from sqlalchemy import Engine, column, or_, table, update
+from sqlalchemy import Engine, column, table, update
 
 from otel_lineage.delivery.handoff import ReportStart
 from otel_lineage.record import CODEC, LineageRecord, clean_text, compress
@@ -173,8 +173,8 @@ def mark_abandoned(reports_engine: Engine, attempts: Iterable[tuple[str, str]]) 
     """Mark still-``generating`` report rows of dead processes failed/abandoned; how many.
 
     ``attempts`` are (report id, trace id) pairs. A row is marked only while it still names
-    that trace (or none): a queued generation whose task was redelivered names its newer
-    attempt, which may be running or done, and is left alone.
+    that trace: a queued generation whose task was redelivered names its newer attempt (or, in
+    the moment between its claim and its start, no trace), which is left alone.
     """
     pairs = sorted(set(attempts))
     if not pairs:
@@ -186,7 +186,7 @@ def mark_abandoned(reports_engine: Engine, attempts: Iterable[tuple[str, str]]) 
                 update(_generations)
                 .where(_generations.c.id == report_id)
                 .where(_generations.c.status == "generating")
-                .where(or_(_generations.c.trace_id == trace_id, _generations.c.trace_id.is_(None)))
+                .where(_generations.c.trace_id == trace_id)
                 .values(
                     status="failed",
                     error_type=ABANDONED,

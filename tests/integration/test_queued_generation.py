@@ -10,6 +10,7 @@ of an unreachable database as retryable. The broker and worker processes are exe
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import threading
 import uuid
 from datetime import UTC, datetime
@@ -31,7 +32,7 @@ from d6_reports.generator import (
     GenerationResult,
     ReportGenerator,
 )
-from d6_reports.models import GenerationStatus, ReportGeneration
+from d6_reports.models import Business, GenerationStatus, ReportGeneration
 from d6_reports.pdf import PDFOutput
 from otel_lineage.delivery.recovery import mark_abandoned
 from otel_lineage.reading.query import attempts_of, audit, get_row
@@ -41,7 +42,12 @@ from tests.lineage_support import lineage_pipeline, lineage_rows
 SUMMARY = GenerationOptions(template_name="summary")
 
 
-def _queue(sessions: sessionmaker[Session], business_id: int, template: str = "summary") -> str:
+def _queue(
+    sessions: sessionmaker[Session],
+    business_id: int,
+    template: str = "summary",
+    version: str | None = None,
+) -> str:
     """What ``enqueue_report`` does in the caller's process: a pending row, no trace."""
     generation_id = str(uuid.uuid4())
     with sessions() as session:
@@ -50,6 +56,7 @@ def _queue(sessions: sessionmaker[Session], business_id: int, template: str = "s
                 id=generation_id,
                 business_id=business_id,
                 template_name=template,
+                template_version=version,
                 status=GenerationStatus.PENDING.value,
                 attempts=0,
                 requested_at=datetime.now(UTC),
@@ -169,6 +176,12 @@ async def test_a_redelivered_task_takes_over_and_the_overtaken_attempt_never_com
             generator.generate_report(business_ids[0], SUMMARY, generation_id=generation_id)
         )
         assert await asyncio.to_thread(converter.entered.wait, 30)
+        # The data changes meanwhile, so the two attempts' PDFs differ.
+        with sessions() as session:
+            session.execute(
+                update(Business).where(Business.id == business_ids[0]).values(rating=1.5)
+            )
+            session.commit()
         # The broker redelivers (it thinks the first worker died): a second attempt runs.
         redelivered = await generator.generate_report(
             business_ids[0], SUMMARY, generation_id=generation_id
@@ -182,7 +195,11 @@ async def test_a_redelivered_task_takes_over_and_the_overtaken_attempt_never_com
     assert overtaken.error_type == "superseded" and not overtaken.retryable
     row = _row(sessions, generation_id)
     assert (row.status, row.attempts, row.trace_id) == ("completed", 2, redelivered.trace_id)
-    assert row.pdf_sha256 == redelivered.pdf_sha256
+    assert row.pdf_sha256 == redelivered.pdf_sha256 != overtaken.pdf_sha256
+    # The overtaken attempt never replaced the completed PDF, and left no staged file.
+    assert redelivered.pdf_path is not None and overtaken.pdf_path is None
+    assert hashlib.sha256(redelivered.pdf_path.read_bytes()).hexdigest() == row.pdf_sha256
+    assert [p.name for p in redelivered.pdf_path.parent.iterdir()] == [redelivered.pdf_path.name]
     rows = sorted(lineage_rows(engine), key=lambda r: int(str(r["attempt"])))
     assert [(r["attempt"], r["status"], r["error_type"]) for r in rows] == [
         (1, "failed", "superseded"),
@@ -389,3 +406,30 @@ async def test_a_generation_whose_attempts_never_finish_is_given_up(
     assert exporter.get_finished_spans() == ()
     row = _row(sessions, generation_id)
     assert (row.status, row.error_type, row.attempts) == ("failed", "attempts_exhausted", 10)
+
+
+async def test_a_message_for_another_version_is_refused(
+    sessions: sessionmaker[Session], business_ids: list[int], tmp_path: Path
+) -> None:
+    generation_id = _queue(sessions, business_ids[0], version="1.0.0")
+    generator = ReportGenerator(sessions, tmp_path, converter=FastPDFConverter())
+    other = GenerationOptions(template_name="summary", template_version="1.0.1")
+    refused = await generator.generate_report(business_ids[0], other, generation_id=generation_id)
+    latest = await generator.generate_report(business_ids[0], SUMMARY, generation_id=generation_id)
+    asked = GenerationOptions(template_name="summary", template_version="1.0.0")
+    ran = await generator.generate_report(business_ids[0], asked, generation_id=generation_id)
+    generator.close()
+    assert refused.error_type == latest.error_type == "GenerationNotFound"
+    assert ran.success and ran.template_version == "1.0.0"
+    assert _row(sessions, generation_id).template_version == "1.0.0"
+
+
+def test_a_claimed_row_names_no_trace_until_its_attempt_starts(
+    engine: Engine, sessions: sessionmaker[Session], business_ids: list[int]
+) -> None:
+    """Between a redelivered attempt's claim and its start the row names no trace, so the
+    dead attempt's recovery (which names the dead trace) leaves it alone."""
+    generation_id = _queue(sessions, business_ids[0])
+    _set(sessions, generation_id, status="generating", attempts=2, trace_id=None)
+    assert mark_abandoned(engine, [(generation_id, "ab" * 16)]) == 0
+    assert _row(sessions, generation_id).status == "generating"

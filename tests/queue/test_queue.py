@@ -14,6 +14,7 @@ import hashlib
 import os
 import signal
 import time
+import uuid
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -254,3 +255,41 @@ def test_real_weasyprint_through_the_queue(cluster: Cluster) -> None:
         pages.append(generation["pdf_pages"])
     assert max(pages) > 1  # multi-page reports: WeasyPrint's (the stand-in makes one page)
     assert_audit_full(cluster, 8)
+
+
+def test_unreadable_and_strangers_messages_are_dropped_and_the_worker_goes_on(
+    cluster: Cluster,
+) -> None:
+    """Messages a producer other than ``enqueue`` sent: bodies and headers of the wrong shape
+    (which Celery cannot even turn into a request) and a task id that is not the generation
+    id. Each is dropped without its contents in the log; the worker never stops."""
+    from kombu import Connection
+
+    from d6_reports.queue.app import TASK_NAME
+
+    (node,) = cluster.start(1, concurrency=1)
+    secret = "Harbor Dental Care hello@harbordental.example"
+    good_id = cluster.enqueue(cluster.database.business_ids[:1])[0]
+    with Connection(cluster.broker_url) as connection:
+        producer = connection.Producer(serializer="json")
+        for body, headers in (
+            ({"a": secret}, {}),
+            ([1, 2], {}),
+            (None, {}),
+            ([[], {}, {}], {"timelimit": [secret, "y"]}),
+            ([[good_id, 1, "audit_report", None], {}, {}], {"id": secret}),
+        ):
+            producer.publish(
+                body,
+                routing_key=cluster.queue,
+                headers={"task": TASK_NAME, "id": str(uuid.uuid4()), "lang": "py", **headers},
+            )
+    after = cluster.enqueue(cluster.database.business_ids[1:2])
+    cluster.wait_completed(2, timeout=120)
+    assert node.process.poll() is None, node.log_tail()
+    log = node.log()
+    assert "Unrecoverable error" not in log
+    assert secret not in log and "harbordental" not in log
+    assert log.count("unreadable report task message dropped") == 5
+    statuses = {r["id"]: r["status"] for r in cluster.database.generations()}
+    assert statuses[good_id] == statuses[after[0]] == "completed"
