@@ -24,15 +24,19 @@ import logging
 import os
 import re
 from collections.abc import Callable
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from celery.exceptions import InvalidTaskError, Reject, Retry
 from celery.worker.strategy import default as default_strategy
+from sqlalchemy import update
+from sqlalchemy.exc import SQLAlchemyError
 
 from d6_reports.config import Settings
 from d6_reports.db import make_engine, make_session_factory
+from d6_reports.errors import DatabaseUnavailableError
 from d6_reports.generator import GenerationOptions, GenerationResult, ReportGenerator
+from d6_reports.models import ReportGeneration
 from d6_reports.pdf import PDFConverter
 from d6_reports.queue.app import TASK_NAME, ReportQueueApp
 from d6_reports.service import ReportService
@@ -231,17 +235,31 @@ def _parse(
 
 
 def _retry(task: Any, result: GenerationResult) -> None:
-    """Retry later, or give up (logged) when the retries are spent. Raises ``Retry``."""
+    """Retry later, or give up when the retries are spent. Raises ``Retry`` to retry.
+
+    Giving up is recorded on the row (failed, ``database_unavailable``); a row left pending
+    would wait for ever with no task to run it. While the database cannot take even that
+    write, the task keeps retrying at the longest delay instead: the message is never
+    acknowledged for a report that nothing records.
+    """
     settings = task.app.queue_settings
     retries = int(task.request.retries or 0)
+    limit = settings.max_retries
     if retries >= settings.max_retries:
+        if _record_give_up(result.generation_id, retries):
+            _log.error(
+                "report %s: %s; gave up after %d retries (recorded on its row)",
+                result.generation_id,
+                result.error_description,
+                retries,
+            )
+            return
+        limit = retries + 1
         _log.error(
-            "report %s: %s; gave up after %d retries",
+            "report %s: %s; retries spent, but the database cannot record it: retrying",
             result.generation_id,
             result.error_description,
-            retries,
         )
-        return
     delay = settings.retry_delay(retries)
     _log.warning(
         "report %s attempt %s: %s; retry %d of %d in %.0f s",
@@ -249,11 +267,11 @@ def _retry(task: Any, result: GenerationResult) -> None:
         result.attempt if result.attempt is not None else "-",
         result.error_description,
         retries + 1,
-        settings.max_retries,
+        limit,
         delay,
     )
     try:
-        raise task.retry(countdown=delay, max_retries=settings.max_retries)
+        raise task.retry(countdown=delay, max_retries=limit)
     except Retry:
         raise
     except Exception as exc:
@@ -265,6 +283,30 @@ def _retry(task: Any, result: GenerationResult) -> None:
             type(exc).__qualname__,
         )
         raise Reject(reason="retry not published", requeue=True) from None
+
+
+def _record_give_up(generation_id: str, retries: int) -> bool:
+    """Mark the unfinished row failed (the database was unreachable); False if it cannot."""
+    rows = ReportGeneration
+    try:
+        with worker_service().engine.begin() as conn:
+            conn.execute(
+                update(rows)
+                .where(rows.id == generation_id)
+                .where(rows.status.in_(("pending", "generating")))
+                .values(
+                    status="failed",
+                    error_type=DatabaseUnavailableError.error_type,
+                    error_message=(
+                        f"gave up after {retries} retries: the report database could not be reached"
+                    ),
+                    completed_at=datetime.now(UTC),
+                )
+            )
+    except SQLAlchemyError as exc:
+        _log.debug("recording the give-up failed", exc_info=exc)
+        return False
+    return True
 
 
 def _log_outcome(result: GenerationResult) -> None:

@@ -76,6 +76,10 @@ class Lineage:
     sql_tracer_provider: DetachableTracerProvider | None = None
     #: True when ``configure()`` created ``provider``: shutdown then shuts it down too.
     owns_provider: bool = False
+    #: Why the durable outbox could not be opened (records are then kept in memory only, and a
+    #: crash loses them): an embedding application keeps running; the service's own entry
+    #: points refuse to (``startup_check``).
+    outbox_problem: str | None = None
 
     @property
     def enabled(self) -> bool:
@@ -202,7 +206,7 @@ def attach(
         service_name=str(service) if service else None,
     )
     stats = LineageStats()
-    handoff = make_handoff(settings)
+    handoff, outbox_problem = make_handoff(settings)
     writer = BackgroundWriter(handoff, store, stats, batch_size=settings.batch_size)
     processor = LineageSpanProcessor(
         handoff,
@@ -218,7 +222,12 @@ def attach(
     stamper = TraceStamper(settings.stamp_classes)
     stamper.install()
     lineage = Lineage(
-        provider=provider, settings=settings, processor=processor, stamper=stamper, store=store
+        provider=provider,
+        settings=settings,
+        processor=processor,
+        stamper=stamper,
+        store=store,
+        outbox_problem=outbox_problem,
     )
     _ACTIVE[provider] = lineage
     return lineage
@@ -278,27 +287,27 @@ def _check_sampler(sampler: Sampler) -> None:
         )
 
 
-def make_handoff(settings: LineageSettings) -> HandOff:
-    """The durable outbox under ``settings.outbox``; memory when it says ``memory`` or when the
-    outbox cannot be opened."""
+def make_handoff(settings: LineageSettings) -> tuple[HandOff, str | None]:
+    """The durable outbox under ``settings.outbox``; memory when it says ``memory``, or when
+    the outbox cannot be opened (then also the one-line reason)."""
     if settings.outbox == MEMORY_OUTBOX:
-        return MemoryHandOff(settings.max_pending)
+        return MemoryHandOff(settings.max_pending), None
     try:
-        return OutboxHandOff(
+        box = OutboxHandOff(
             Path(settings.outbox),
             max_records=settings.max_pending,
             max_bytes=settings.outbox_max_bytes,
         )
     except (OSError, sqlite3.Error) as exc:
-        # Lineage must not stop the service from starting: keep records in memory (they
-        # survive database outages, not crashes) and say so, in one line.
-        _log.error(
-            "lineage outbox %s unusable (%s: %s); records are kept in memory only (not crash-safe)",
-            settings.outbox,
-            type(exc).__qualname__,
-            getattr(exc, "strerror", None) or exc,
+        # An embedding application must not fail to start for lineage: keep records in memory
+        # (they survive database outages, not crashes) and say so, in one line.
+        problem = (
+            f"lineage outbox {settings.outbox} unusable ({type(exc).__qualname__}: "
+            f"{getattr(exc, 'strerror', None) or exc})"
         )
-        return MemoryHandOff(settings.max_pending)
+        _log.error("%s; records are kept in memory only (not crash-safe)", problem)
+        return MemoryHandOff(settings.max_pending), problem
+    return box, None
 
 
 def _lineage_sampler(delegate: Sampler | None, enabled: bool) -> Sampler:

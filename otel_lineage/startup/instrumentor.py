@@ -80,7 +80,13 @@ def startup_check() -> str | None:
     if reason:
         raise LineageStartError(reason)
     provider = trace.get_tracer_provider()
-    if isinstance(provider, TracerProvider) and active_lineage(provider) is not None:
+    lineage = active_lineage(provider) if isinstance(provider, TracerProvider) else None
+    if lineage is not None and lineage.outbox_problem:
+        raise LineageStartError(
+            f"{lineage.outbox_problem}: a crash would lose lineage; make OTEL_LINEAGE_OUTBOX "
+            "a writable directory (or 'memory' to accept that)"
+        )
+    if lineage is not None:
         return None
     raise LineageStartError(
         "lineage did not start: the OpenTelemetry SDK is not configured with the lineage "

@@ -129,6 +129,7 @@ def test_otlp_line_exports_traces_and_keeps_lineage(
         ("OTEL_TRACES_EXPORTER", "zipkin", "zipkin"),
         ("OTEL_TRACES_SAMPLER", "lineage_bogus", "is not a known sampler"),
         ("OTEL_LINEAGE_DATABASE_URL", "sqlite:///:memory:", "in-memory SQLite database"),
+        ("OTEL_LINEAGE_OUTBOX", "/proc/no-outbox-here", "a crash would lose lineage"),
     ],
 )
 @pytest.mark.parametrize("launcher", ["", "opentelemetry-instrument "])

@@ -293,3 +293,25 @@ def test_unreadable_and_strangers_messages_are_dropped_and_the_worker_goes_on(
     assert log.count("unreadable report task message dropped") == 5
     statuses = {r["id"]: r["status"] for r in cluster.database.generations()}
     assert statuses[good_id] == statuses[after[0]] == "completed"
+
+
+def test_retries_spent_while_the_database_is_down_never_strand_a_report(
+    cluster: Cluster,
+) -> None:
+    """The retries run out during an outage: nothing can record the give-up, so the task keeps
+    retrying at the longest delay instead of being acknowledged with its row left pending."""
+    proxy, database = cluster.proxy(cluster.database.url, 5432)
+    extra = {"D6_TASK_MAX_RETRIES": "1", "D6_TASK_RETRY_DELAY": "1", "D6_TASK_RETRY_DELAY_MAX": "2"}
+    (node,) = cluster.start(1, concurrency=1, database_url=database, extra=extra)
+    proxy.stop()
+    (generation_id,) = cluster.enqueue(cluster.database.business_ids[:1])  # the client can
+    wait_until(
+        lambda: "retries spent, but the database cannot record it" in node.log(),
+        timeout=60,
+        what="the retries to run out",
+        details=node.log_tail,
+    )
+    proxy.start()
+    cluster.wait_completed(1, timeout=60)
+    (row,) = cluster.database.generations()
+    assert (row["id"], row["status"]) == (generation_id, "completed")
