@@ -91,6 +91,10 @@ class SupersededError(ReportError):
     description = "a later attempt of the same report generation took it over"
 
 
+#: Error types written by others than the generator (``otel-lineage recover``).
+_RECORDED_BY_RECOVERY = {"abandoned": "the process died before the report ended"}
+
+
 def describe(error_type: str) -> str:
     """``"<error_type>: <fixed sentence>"`` for an error type stored on a row.
 
@@ -98,6 +102,8 @@ def describe(error_type: str) -> str:
     """
     known = {cls.error_type: cls for cls in _subclasses(ReportError)}
     cls = known.get(error_type)
+    if error_type in _RECORDED_BY_RECOVERY:
+        return f"{error_type}: {_RECORDED_BY_RECOVERY[error_type]}"
     if cls is None:
         return f"{error_type}: unexpected error (details in the ReportGeneration row)"
     return f"{error_type}: {cls.description}"

@@ -54,6 +54,8 @@ REDIS_SCHEMES = frozenset({"redis", "rediss"})
 #: Result backends: the database (SQLAlchemy URL prefixed ``db+``), Redis, or RPC over AMQP.
 _BACKEND_SCHEMES = frozenset({"redis", "rediss", "rpc"})
 #: A queue (and routing key) name: printable, no spaces, short.
+#: What a number setting may look like: ASCII digits, an optional sign, point and exponent.
+_PLAIN_NUMBER = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
 _QUEUE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,199}")
 _N = TypeVar("_N", int, float)
 
@@ -126,7 +128,10 @@ class QueueSettings:
 
 
 def safe_url(url: str) -> str:
-    """A URL without its password (``user:***@host``), for messages and logs."""
+    """A URL without its password (``user:***@host``), for messages and logs; every URL of a
+    ``;`` or ``,`` separated list (kombu's failover syntax) masked."""
+    if ";" in url or "," in url:
+        return ";".join(safe_url(part) for part in re.split(r"[;,]", url))
     try:
         parts = urlsplit(url)
         password = parts.password
@@ -146,6 +151,11 @@ def _broker_url(env: Mapping[str, str]) -> str:
     expected = "expected amqp://user:password@host:5672/vhost or redis://host:6379/0"
     if not _printable(value):
         raise QueueConfigError(f"D6_BROKER_URL is not valid: {expected}")
+    if ";" in value or "," in value:
+        raise QueueConfigError(
+            "D6_BROKER_URL names several brokers (a failover list): name one; "
+            f"{expected} (the list was {safe_url(value)[:200]!r})"
+        )
     try:
         parts = urlsplit(value)
         port = parts.port  # a non-numeric or out-of-range port raises here
@@ -192,6 +202,11 @@ def _result_backend(env: Mapping[str, str]) -> str | None:
 
 def check_queue_name(name: str, *, what: str = "a queue name") -> str:
     """``name`` if it is a usable queue name, else ``QueueConfigError`` naming ``what``."""
+    if name.lower().startswith("amq."):
+        raise QueueConfigError(
+            f"{what}={_shown(name)} is not valid: names starting with 'amq.' are reserved by "
+            "RabbitMQ"
+        )
     if not _QUEUE_NAME.fullmatch(name):
         raise QueueConfigError(
             f"{what}={_shown(name)} is not valid: expected 1 to 200 letters, digits, '.', "
@@ -221,6 +236,8 @@ def _number(
     noun = "an integer" if kind is int else "a number"
     expected = f"expected {noun} from {low:g} to {high:g}"
     try:
+        if not _PLAIN_NUMBER.fullmatch(raw.strip()):  # int() takes '1_0', other digits
+            raise ValueError(raw)
         value = kind(raw.strip())
     except ValueError:
         raise QueueConfigError(f"{name}={_shown(raw)} is not valid: {expected}") from None

@@ -11,15 +11,18 @@ import os
 import signal
 import threading
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from types import SimpleNamespace
 from typing import NoReturn
 
 import pytest
 from celery.exceptions import Reject, Retry
+from sqlalchemy import create_engine, insert, select
 
 from d6_reports.bootstrap import TelemetryStartError
 from d6_reports.generator import GenerationOptions, GenerationResult
+from d6_reports.models import Base, ReportGeneration
 from d6_reports.queue import tasks
 from d6_reports.queue import worker as worker_module
 from d6_reports.queue.app import TASK_NAME, celery_config, create_app
@@ -444,13 +447,28 @@ def _result(**values: object) -> GenerationResult:
 
 @pytest.fixture
 def generator(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., _Generator]]:
+    engine = create_engine("sqlite://")  # the report table, for what the task records itself
+    Base.metadata.create_all(engine)
+    with engine.begin() as conn:
+        conn.execute(
+            insert(ReportGeneration).values(
+                id=GID,
+                business_id=3,
+                template_name="audit_report",
+                status="pending",
+                attempts=0,
+                requested_at=datetime.now(UTC),
+            )
+        )
+
     def install(result: GenerationResult | Exception) -> _Generator:
         stub = _Generator(result)
-        service = SimpleNamespace(generator=stub)
+        service = SimpleNamespace(generator=stub, engine=engine)
         monkeypatch.setattr(tasks, "worker_service", lambda: service)
         return stub
 
     yield install
+    engine.dispose()
 
 
 UNAVAILABLE = {
@@ -491,7 +509,11 @@ def test_retries_end(
     generator(_result(**UNAVAILABLE))
     outcome = tasks.generate_queued_report(_Task(retries=3), GID, 3, "audit_report", None)
     assert outcome["status"] == "failed" and outcome["error_type"] == "database_unavailable"
-    assert "gave up after 3 retries" in caplog.text
+    assert "gave up after 3 retries (recorded on its row)" in caplog.text
+    engine = tasks.worker_service().engine
+    with engine.connect() as conn:
+        row = conn.execute(select(ReportGeneration.status, ReportGeneration.error_type)).one()
+    assert tuple(row) == ("failed", "database_unavailable")  # never left pending
 
 
 def test_a_retry_that_cannot_be_published_goes_back_to_the_queue(
@@ -652,3 +674,29 @@ def test_the_parent_only_imports_telemetry_it_never_starts_it() -> None:
     provider = trace.get_tracer_provider()
     worker_module._preload_telemetry_modules()
     assert trace.get_tracer_provider() is provider
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "says"),
+    [
+        ("D6_TASK_MAX_RETRIES", "\uff11\uff12", "is not valid"),  # full-width digits
+        ("D6_TASK_MAX_RETRIES", "1_0", "is not valid"),
+        ("D6_QUEUE", "amq.reports", "reserved by RabbitMQ"),
+        ("D6_BROKER_URL", "amqp://a:first@h1//;amqp://b:second@h2//", "failover list"),
+        ("D6_BROKER_URL", "amqp://a:first@h1//,amqp://b:second@h2//", "failover list"),
+    ],
+)
+def test_settings_a_user_might_try_are_refused_in_one_line(
+    variable: str, value: str, says: str
+) -> None:
+    with pytest.raises(QueueConfigError, match=says) as refused:
+        QueueSettings.from_env({variable: value})
+    message = str(refused.value)
+    assert "first" not in message and "second" not in message  # no password of any URL
+    assert "\n" not in message
+
+
+def test_an_abandoned_row_is_described_in_plain_words() -> None:
+    from d6_reports.errors import describe
+
+    assert describe("abandoned") == "abandoned: the process died before the report ended"
