@@ -258,6 +258,8 @@ def _options(template: str, version: str | None) -> GenerationOptions:
     for what, value in (("--template", template), ("--version", version)):
         if value is None:
             continue
+        if not value.strip():
+            _fail(f"{what} is empty")
         try:
             value.encode("utf-8")
         except UnicodeEncodeError:
@@ -291,9 +293,17 @@ def _report_database() -> Iterator[tuple[Engine, sessionmaker[Session]]]:
 def _lineage_engine() -> Engine | None:
     """The lineage database when ``OTEL_LINEAGE_DATABASE_URL`` names another one."""
     url = os.environ.get("OTEL_LINEAGE_DATABASE_URL", "").strip()
-    if not url or make_url(url) == make_url(Settings.from_env().database_url):
+    if not url:
         return None
-    return make_engine(url)
+    try:
+        if make_url(url) == make_url(Settings.from_env().database_url):
+            return None
+        return make_engine(url)
+    except (sqlalchemy.exc.ArgumentError, sqlalchemy.exc.NoSuchModuleError, ValueError):
+        _fail(
+            "OTEL_LINEAGE_DATABASE_URL is not a database URL (expected sqlite:///... or "
+            "postgresql+psycopg://...)"
+        )
 
 
 def _require_schema(engine: Engine) -> None:

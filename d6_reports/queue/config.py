@@ -36,6 +36,8 @@ from dataclasses import dataclass
 from typing import TypeVar
 from urllib.parse import urlsplit
 
+from sqlalchemy.engine import make_url
+
 DEFAULT_BROKER_URL = "amqp://guest:guest@127.0.0.1:5672//"
 DEFAULT_QUEUE = "d6-reports"
 #: The hard limit kills a task's worker process; the generator's own PDF limit (300 s) fails a
@@ -185,7 +187,7 @@ def _result_backend(env: Mapping[str, str]) -> str | None:
     if raw is None or not raw.strip():
         return None
     value = raw.strip()
-    expected = "expected redis://host:6379/1, rpc:// or db+postgresql://..."
+    expected = "expected redis://host:6379/1, rpc:// or db+postgresql+psycopg://..."
     if not _printable(value):
         raise QueueConfigError(f"D6_RESULT_BACKEND is not valid: {expected}")
     try:
@@ -197,6 +199,14 @@ def _result_backend(env: Mapping[str, str]) -> str | None:
             f"D6_RESULT_BACKEND={safe_url(value)[:60]!r} is not a supported result backend: "
             f"{expected}"
         )
+    if scheme.startswith("db+"):
+        try:  # the database and its driver, checked now rather than at the first result
+            make_url(value[3:]).get_dialect().import_dbapi()
+        except Exception as exc:
+            raise QueueConfigError(
+                f"D6_RESULT_BACKEND={safe_url(value)[:60]!r} cannot be used: "
+                f"{type(exc).__name__} ({str(exc).splitlines()[0][:120] if str(exc) else ''})"
+            ) from None
     return value
 
 

@@ -700,3 +700,17 @@ def test_an_abandoned_row_is_described_in_plain_words() -> None:
     from d6_reports.errors import describe
 
     assert describe("abandoned") == "abandoned: the process died before the report ended"
+
+
+@pytest.mark.parametrize(
+    "backend", ["db+nope://x", "db+mssql+pymssql://u:secret@h/db", "db+not a url"]
+)
+def test_a_database_result_backend_is_checked_at_start(backend: str) -> None:
+    with pytest.raises(QueueConfigError, match="D6_RESULT_BACKEND") as refused:
+        QueueSettings.from_env({"D6_RESULT_BACKEND": backend})
+    assert "secret" not in str(refused.value)
+
+
+def test_a_database_result_backend_with_its_driver_is_taken() -> None:
+    url = "db+postgresql+psycopg://u@127.0.0.1/db"
+    assert QueueSettings.from_env({"D6_RESULT_BACKEND": url}).result_backend == url
