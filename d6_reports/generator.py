@@ -70,7 +70,7 @@ DEFAULT_PDF_TIMEOUT_S = 300.0
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,99}")
 _NAME_RULE = "1 to 100 letters, digits, '.', '_', '+' or '-', not starting with a symbol"
 #: A queued generation id: the canonical text of a UUID (what ``uuid.uuid4()`` gives).
-_GENERATION_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+GENERATION_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 #: SQLSTATE classes of a lost or refused connection: connection exception, operator
 #: intervention (server shutting down, crash recovery).
 _UNAVAILABLE_SQLSTATES = ("08", "57P")
@@ -615,15 +615,23 @@ def _claim_row(run: _Run, session: Session) -> int | GenerationResult | None:
     if attempt is not None:
         session.commit()
         return int(attempt)
+    # Claimable but for its spent attempts: finished now, as failed (one statement, no copy of
+    # the claim rule in Python).
+    session.execute(
+        update(ReportGeneration)
+        .where(matches, _CLAIMABLE)
+        .values(
+            status=GenerationStatus.FAILED.value,
+            error_type=AttemptsExhaustedError.error_type,
+            error_message=f"gave up after {MAX_ATTEMPTS} attempts that did not finish",
+            completed_at=_now(),
+        )
+        .execution_options(synchronize_session=False)
+    )
+    session.commit()
     row = session.scalars(select(ReportGeneration).where(matches)).one_or_none()
     if row is None:
         return None
-    if _claimable(row):  # only its attempts are spent: it is finished now, as failed
-        row.status = GenerationStatus.FAILED.value
-        row.error_type = AttemptsExhaustedError.error_type
-        row.error_message = f"gave up after {row.attempts} attempts that did not finish"
-        row.completed_at = _now()
-        session.commit()
     return GenerationResult(
         success=row.status == GenerationStatus.COMPLETED.value,
         generation_id=row.id,
@@ -641,13 +649,6 @@ def _claim_row(run: _Run, session: Session) -> int | GenerationResult | None:
         attempt=row.attempts,
         already_finished=True,
     )
-
-
-def _claimable(row: ReportGeneration) -> bool:
-    """``_CLAIMABLE``, for a loaded row."""
-    if row.status in (GenerationStatus.PENDING.value, GenerationStatus.GENERATING.value):
-        return True
-    return row.status == GenerationStatus.FAILED.value and row.error_type in RETRYABLE_FAILURES
 
 
 def _start_row(run: _Run, session: Session) -> None:
@@ -811,7 +812,7 @@ def validate_request(business_id: int, options: GenerationOptions | None) -> Gen
 
 def _validate_ids(generation_id: str | None, task_id: str | None) -> None:
     if generation_id is not None and (
-        not isinstance(generation_id, str) or not _GENERATION_ID.fullmatch(generation_id)
+        not isinstance(generation_id, str) or not GENERATION_ID.fullmatch(generation_id)
     ):
         raise ValueError(f"invalid generation id {_shown(generation_id)}: expected a UUID")
     if task_id is not None and (

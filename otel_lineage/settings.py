@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -77,15 +78,17 @@ class LineageSettings:
             enabled=lineage_enabled(env),
             database_url=_database_url(env, "OTEL_LINEAGE_DATABASE_URL") or reports_url,
             reports_database_url=reports_url,
-            max_traces=_number(env, "OTEL_LINEAGE_MAX_TRACES", int, 10_000, 1, 10_000_000),
-            max_spans_per_trace=_number(
+            max_traces=parse_number(env, "OTEL_LINEAGE_MAX_TRACES", int, 10_000, 1, 10_000_000),
+            max_spans_per_trace=parse_number(
                 env, "OTEL_LINEAGE_MAX_SPANS_PER_TRACE", int, 2_000, 1, 1_000_000
             ),
-            trace_ttl_s=_number(env, "OTEL_LINEAGE_TRACE_TTL", float, 600.0, 1.0, 7 * 86_400.0),
-            max_pending=_number(env, "OTEL_LINEAGE_MAX_PENDING", int, 100_000, 1, 100_000_000),
-            batch_size=_number(env, "OTEL_LINEAGE_BATCH_SIZE", int, 500, 1, 10_000),
+            trace_ttl_s=parse_number(
+                env, "OTEL_LINEAGE_TRACE_TTL", float, 600.0, 1.0, 7 * 86_400.0
+            ),
+            max_pending=parse_number(env, "OTEL_LINEAGE_MAX_PENDING", int, 100_000, 1, 100_000_000),
+            batch_size=parse_number(env, "OTEL_LINEAGE_BATCH_SIZE", int, 500, 1, 10_000),
             outbox=_outbox(env),
-            outbox_max_bytes=_number(
+            outbox_max_bytes=parse_number(
                 env, "OTEL_LINEAGE_OUTBOX_MAX_BYTES", int, 1 << 30, 1 << 20, 1 << 40
             ),
             jaeger_url=_http_url(env, "OTEL_LINEAGE_JAEGER_URL"),
@@ -93,7 +96,11 @@ class LineageSettings:
         )
 
 
-def _number(
+#: What a number setting may look like: ASCII digits, an optional sign, point and exponent.
+_PLAIN_NUMBER = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+
+
+def parse_number(
     env: Mapping[str, str],
     name: str,
     kind: Callable[[str], _N],
@@ -101,12 +108,17 @@ def _number(
     low: _N,
     high: _N,
 ) -> _N:
+    """``env[name]`` as ``kind`` within ``[low, high]``, ``default`` when unset or empty; else a
+    ``LineageConfigError`` naming the variable. Plain ASCII numbers only: ``int()`` would also
+    take ``1_000`` and other scripts' digits, which no one means in a setting."""
     raw = env.get(name)
     if raw is None or not raw.strip():
         return default
     noun = "an integer" if kind is int else "a number"
     expected = f"expected {noun} from {low!s} to {high!s}"
     try:
+        if not _PLAIN_NUMBER.fullmatch(raw.strip()):  # int() takes '1_0', other digits
+            raise ValueError(raw)
         value = kind(raw.strip())
     except ValueError:
         raise LineageConfigError(f"{name}={_shown(raw)} is not valid: {expected}") from None

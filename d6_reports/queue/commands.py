@@ -78,8 +78,7 @@ def enqueue(
     """Queue one report for a worker; prints its generation id at once."""
     options = _options(template, version)
     queue_app = _queue_app()
-    with _report_database() as (engine, sessions):
-        _require_schema(engine)
+    with _report_database() as (_engine, sessions):
         with sessions() as session:
             if session.get(Business, business_id) is None:
                 _fail(f"business {business_id} does not exist in the report database", 1)
@@ -103,8 +102,7 @@ def enqueue_all(
     """Queue a report for every business (progress on stderr); prints how many."""
     options = _options(template, version)
     queue_app = _queue_app()
-    with _report_database() as (engine, sessions):
-        _require_schema(engine)
+    with _report_database() as (_engine, sessions):
         with sessions() as session:
             business_ids = list(session.scalars(select(Business.id).order_by(Business.id)))
         with Progress(
@@ -206,7 +204,6 @@ def status(
     """Where a queued report is: status, attempts, PDF or error, trace, lineage."""
     deadline = time.monotonic() + wait
     with _report_database() as (engine, _sessions):
-        _require_schema(engine)
         lineage = _lineage_engine()
         try:
             state = generation_state(engine, generation_id, lineage=lineage)
@@ -283,8 +280,10 @@ def _queue_app() -> ReportQueueApp:
 
 @contextmanager
 def _report_database() -> Iterator[tuple[Engine, sessionmaker[Session]]]:
+    """The report database, migrated (else one line saying to run ``db upgrade``)."""
     engine = make_engine(Settings.from_env().database_url)
     try:
+        _require_schema(engine)
         yield engine, make_session_factory(engine)
     finally:
         engine.dispose()
@@ -369,6 +368,10 @@ def _print_state(state: GenerationState) -> None:
     console.print(
         Text(
             f"lineage:  {present}"
-            + (f" ({len(state.lineage)} rows: {attempts})" if attempts else "")
+            + (
+                f" ({len(state.lineage)} row{'' if len(state.lineage) == 1 else 's'}: {attempts})"
+                if attempts
+                else ""
+            )
         )
     )

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -35,7 +34,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from d6_reports.config import Settings
 from d6_reports.db import make_engine, make_session_factory
 from d6_reports.errors import DatabaseUnavailableError
-from d6_reports.generator import GenerationOptions, GenerationResult, ReportGenerator
+from d6_reports.generator import GENERATION_ID, GenerationOptions, GenerationResult, ReportGenerator
 from d6_reports.models import ReportGeneration
 from d6_reports.pdf import PDFConverter
 from d6_reports.queue.app import TASK_NAME, ReportQueueApp
@@ -46,8 +45,6 @@ _log = logging.getLogger(__name__)
 #: Builds the PDF converter of this process's generator (None: the real WeasyPrint one).
 converter_factory: Callable[[], PDFConverter] | None = None
 
-#: A generation id (``uuid.uuid4()`` text): the only task id ``enqueue`` sends.
-_GENERATION_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 _service: ReportService | None = None
 _service_pid: int | None = None
 
@@ -108,7 +105,7 @@ def _check_headers(headers: object) -> None:
     if not isinstance(headers, dict):
         raise InvalidTaskError("no headers")
     task_id = headers.get("id")
-    if not (isinstance(task_id, str) and _GENERATION_ID.fullmatch(task_id)):
+    if not (isinstance(task_id, str) and GENERATION_ID.fullmatch(task_id)):  # enqueue sends these
         raise InvalidTaskError("the task id is not a generation id")
     limits = headers.get("timelimit")
     if limits is not None and not (

@@ -18,7 +18,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from otel_lineage.settings import LineageConfigError, LineageSettings, parse_bool
+from otel_lineage.settings import (
+    LineageConfigError,
+    LineageSettings,
+    parse_bool,
+    parse_number,
+)
 
 DEFAULT_REPORTS_DIR = Path("var") / "reports"
 DEFAULT_SECRET_FILE = Path("var") / "lineage-web-secret"
@@ -87,8 +92,8 @@ class WebSettings:
             reports_database_url=lineage.reports_database_url,
             reports_dir=_directory(env, "D6_REPORTS_DIR", DEFAULT_REPORTS_DIR),
             secret=_secret(env, secret_file),
-            max_upload_bytes=_integer(
-                env, "OTEL_LINEAGE_MAX_UPLOAD_BYTES", DEFAULT_MAX_UPLOAD_BYTES, 1024, 1 << 32
+            max_upload_bytes=parse_number(
+                env, "OTEL_LINEAGE_MAX_UPLOAD_BYTES", int, DEFAULT_MAX_UPLOAD_BYTES, 1024, 1 << 32
             ),
             trusted_proxies=proxies,
             proxy_user_header=user_header,
@@ -156,23 +161,6 @@ def _secret_file(path: Path) -> bytes:
     if len(value) < _MIN_SECRET_CHARS:  # another worker is still writing it, or it is damaged
         raise LineageConfigError(f"the web secret file {path} holds too short a secret")
     return value.encode()
-
-
-def _integer(env: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
-    raw = env.get(name)
-    if raw is None or not raw.strip():
-        return default
-    try:
-        value = int(raw.strip())
-    except ValueError:
-        raise LineageConfigError(
-            f"{name} is not valid: expected an integer from {low} to {high}"
-        ) from None
-    if not low <= value <= high:
-        raise LineageConfigError(
-            f"{name} is out of range: expected an integer from {low} to {high}"
-        )
-    return value
 
 
 def _directory(env: Mapping[str, str], name: str, default: Path) -> Path:
