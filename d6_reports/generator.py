@@ -712,7 +712,19 @@ def _complete_row(
     except OSError as exc:
         session.rollback()
         raise StorageError(f"cannot store PDF at {path}: {exc}") from exc
-    session.commit()
+    try:
+        session.commit()
+    except Exception as exc:
+        if not _database_unreachable(exc):
+            raise
+        # The server may have committed before the connection went: only the database knows
+        # now. Retrying is safe (a redelivery finds it completed), and the lineage writer
+        # settles this attempt's row against the generation row once the database is back.
+        raise DatabaseUnavailableError(
+            f"generation {run.generation_id}: the report database was lost while the "
+            "completed report was committed; whether it completed is decided by the database "
+            f"(see its status): {exc}"
+        ) from exc
 
 
 def _fail_row(run: _Run, exc: Exception, session: Session) -> None:

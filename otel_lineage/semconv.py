@@ -37,6 +37,9 @@ ATTEMPT: Final = "report.attempt"
 #: The task-queue task that ran the report (queued generations only).
 TASK_ID: Final = "report.task.id"
 ERROR_TYPE: Final = "error.type"
+#: The error type of a report cut off from its database. Cut at its final commit, the report
+#: may have completed all the same: the writer settles such rows against the report's own row.
+ERROR_DATABASE_UNAVAILABLE: Final = "database_unavailable"
 #: Carrier-only keys: never span attributes (the snapshot is a payload, the full error message
 #: may contain customer data, the caller ids are also on the root's link).
 INPUTS_SNAPSHOT: Final = "report.inputs.snapshot"

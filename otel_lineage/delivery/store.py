@@ -22,8 +22,9 @@ from typing import Any
 
 from opentelemetry import context as otel_context
 from opentelemetry.instrumentation.utils import suppress_instrumentation
-from sqlalchemy import Engine, Table, TextClause, bindparam, event, text
+from sqlalchemy import Connection, Engine, Table, TextClause, bindparam, event, inspect, text
 
+from otel_lineage import semconv
 from otel_lineage.delivery.schema import lineage_counters, report_lineage
 from otel_lineage.delivery.stats import COUNTER_NAMES, Counts
 from otel_lineage.record import LineageRecord, clean_json, clean_text, needs_cleaning
@@ -36,6 +37,24 @@ _TEXT_FIELDS = tuple(
     f.name for f in dataclasses.fields(LineageRecord) if str(f.type) in ("str", "str | None")
 )
 _JSON_FIELDS = ("steps", "input_tables", "incomplete_reasons")
+
+
+#: A report whose connection was lost at its final commit cannot know whether it completed; its
+#: ``report_generation`` row does, once the database is back, which is when the writer gets to
+#: write. The generation row names the trace of the attempt that holds it, so a completed row
+#: naming this trace means this attempt's commit went through: its lineage row says completed
+#: (the span tree keeps what the process saw). Any other failure keeps its own status.
+_SETTLE = text(
+    "UPDATE report_lineage SET status = 'completed', error_type = NULL, error_message = NULL "
+    "WHERE trace_id = :trace_id AND status = 'failed' "
+    f"AND error_type = '{semconv.ERROR_DATABASE_UNAVAILABLE}' AND EXISTS ("
+    "SELECT 1 FROM report_generation g WHERE g.id = report_lineage.report_generation_id "
+    "AND g.trace_id = report_lineage.trace_id AND g.status = 'completed')"
+)
+
+
+def _outcome_unknown(record: LineageRecord) -> bool:
+    return record.status == "failed" and record.error_type == semconv.ERROR_DATABASE_UNAVAILABLE
 
 
 def clean_record(record: LineageRecord) -> LineageRecord:
@@ -111,6 +130,7 @@ class LineageStore:
         self._counters_upsert = upsert_statement(
             lineage_counters, "instance_id", [c.name for c in lineage_counters.columns]
         )
+        self._generations_seen = False
         self.instance_id = str(uuid.uuid4())
         self._service_name = clean_text(service_name) if service_name else service_name
         self._started_at = datetime.now(UTC)
@@ -124,6 +144,15 @@ class LineageStore:
             return
         with untraced(), self.engine.begin() as conn:
             conn.execute(self._lineage_upsert, [clean_record(r).as_row() for r in records])
+            unsettled = [{"trace_id": r.trace_id} for r in records if _outcome_unknown(r)]
+            if unsettled and self._has_generations(conn):
+                conn.execute(_SETTLE, unsettled)
+
+    def _has_generations(self, conn: Connection) -> bool:
+        """Whether the report service's ``report_generation`` table is in this database."""
+        if not self._generations_seen:
+            self._generations_seen = inspect(conn).has_table("report_generation")
+        return self._generations_seen
 
     def save_counters(self, counts: Counts, pending: int) -> None:
         row = {name: getattr(counts, name) for name in COUNTER_NAMES}

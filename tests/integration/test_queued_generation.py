@@ -21,7 +21,8 @@ import pytest
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from sqlalchemy import Engine, insert, update
+from sqlalchemy import Engine, event, insert, update
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from d6_reports import db
@@ -433,3 +434,76 @@ def test_a_claimed_row_names_no_trace_until_its_attempt_starts(
     _set(sessions, generation_id, status="generating", attempts=2, trace_id=None)
     assert mark_abandoned(engine, [(generation_id, "ab" * 16)]) == 0
     assert _row(sessions, generation_id).status == "generating"
+
+
+class LostAtCommit(FastPDFConverter):
+    """Cuts the connection at the commit that follows the conversion (the completing one).
+
+    ``after`` loses the server's acknowledgement of a commit that went through; otherwise the
+    connection is lost before the commit reaches the server. A proxy cannot time either of
+    these to one statement, so the loss is raised from the session's commit events, the
+    exception SQLAlchemy raises for a dropped connection; the database, the sessions and the
+    lineage pipeline are real.
+    """
+
+    def __init__(self, sessions: sessionmaker[Session], *, after: bool) -> None:
+        super().__init__()
+        self._armed = False
+        self._cuts = 1  # the first attempt's only
+        hook = "after_commit" if after else "before_commit"
+        event.listen(sessions, hook, self._cut)
+
+    def convert(self, html: str, *, asset_root: Path, **options: Any) -> PDFOutput:
+        self._armed = self._cuts > 0
+        return super().convert(html, asset_root=asset_root, **options)
+
+    def _cut(self, _session: Session) -> None:
+        if self._armed:
+            self._armed, self._cuts = False, self._cuts - 1
+            lost = ConnectionError("server closed the connection unexpectedly")
+            raise OperationalError("COMMIT", None, lost, connection_invalidated=True)
+
+
+@pytest.mark.parametrize("committed", [True, False], ids=["committed", "rolled-back"])
+async def test_a_commit_whose_outcome_was_lost_is_settled_by_the_database(
+    db_url: str,
+    engine: Engine,
+    sessions: sessionmaker[Session],
+    business_ids: list[int],
+    tmp_path: Path,
+    committed: bool,
+) -> None:
+    generation_id = _queue(sessions, business_ids[0])
+    converter = LostAtCommit(sessions, after=committed)
+    with lineage_pipeline(db_url, engine) as (lineage, _exporter):
+        generator = ReportGenerator(
+            sessions, tmp_path, tracer_provider=lineage.provider, converter=converter
+        )
+        lost = await generator.generate_report(
+            business_ids[0], SUMMARY, generation_id=generation_id
+        )
+        again = await generator.generate_report(
+            business_ids[0], SUMMARY, generation_id=generation_id
+        )
+        generator.close()
+        assert lineage.flush()
+    # The attempt cannot know: it says so, and a retry is safe either way.
+    assert not lost.success and lost.error_type == "database_unavailable" and lost.retryable
+    assert lost.error_message is not None and "committed" in lost.error_message
+    rows = {r["trace_id"]: r for r in lineage_rows(engine)}
+    row = _row(sessions, generation_id)
+    if committed:  # the database has it: the redelivery runs nothing, the lineage follows
+        assert again.success and again.already_finished and again.attempt == 1
+        assert (row.status, row.trace_id) == ("completed", lost.trace_id)
+        assert len(rows) == 1
+        assert (rows[lost.trace_id]["status"], rows[lost.trace_id]["error_type"]) == (
+            "completed",
+            None,
+        )
+    else:  # it never happened: the failure stands, and the retry completes the report
+        assert again.success and again.attempt == 2 and not again.already_finished
+        assert (row.status, row.trace_id) == ("completed", again.trace_id)
+        assert rows[lost.trace_id]["status"] == "failed"
+        assert rows[again.trace_id]["status"] == "completed"
+    report = audit(engine, engine)
+    assert (report.generations, report.with_lineage, report.missing) == (1, 1, [])

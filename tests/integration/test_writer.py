@@ -109,7 +109,12 @@ def test_outage_delays_but_does_not_lose_lineage(empty_db_url: str) -> None:
         _report(provider)  # never blocked, never failed by lineage
     assert not processor.force_flush(300)  # honours its deadline while the database is down
     assert processor.handoff.pending() == 5
+    # The writer keeps trying meanwhile (on a loaded machine its first try may come later).
+    deadline = time.monotonic() + 30
+    while processor.stats.snapshot().errors < 1 and time.monotonic() < deadline:
+        time.sleep(0.02)
     assert processor.stats.snapshot().errors >= 1
+    assert processor.handoff.pending() == 5
     db.upgrade(empty_db_url)
     assert processor.force_flush(10_000)
     engine = create_lineage_engine(empty_db_url)
