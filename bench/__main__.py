@@ -327,6 +327,18 @@ def write_markdown(results: dict[str, Any], path: Path) -> None:
         from bench.queue import markdown as queue_markdown
 
         lines += ["", *queue_markdown(results["queue"])]
+    if "fingerprint" in results:
+        from bench.fingerprint import markdown as fingerprint_markdown
+
+        lines += ["", *fingerprint_markdown(results["fingerprint"])]
+    if "snapshots" in results:
+        from bench.snapshots import markdown as snapshots_markdown
+
+        lines += ["", *snapshots_markdown(results["snapshots"])]
+    if "seals" in results:
+        from bench.seals import markdown as seals_markdown
+
+        lines += ["", *seals_markdown(results["seals"])]
     path.write_text("\n".join(lines) + "\n")
 
 
@@ -361,6 +373,20 @@ def main(argv: Sequence[str] | None = None) -> None:
         results["lineage"] = lineage_section(url, reports, args.rounds, args.ratio)
         step("hooks")
         results["hooks"] = hook_microbench(2000)
+        step("renderer fingerprint")
+        from bench import fingerprint
+
+        results["fingerprint"] = fingerprint.run()
+        step("protected snapshots")
+        from bench import snapshots
+
+        results["snapshots"] = snapshots.run(_postgres_url())
+        step("seals (20,000 rows; 1,000,000: python -m bench.seals)")
+        from bench import seals
+
+        seals_url = f"sqlite:///{Path(tmp) / 'seals.db'}"
+        db.upgrade(seals_url)
+        results["seals"] = [seals.run(seals_url, 20_000)]
         pg = _postgres_url()
         if pg is None:
             print("bench: PostgreSQL unreachable, skipping the design comparison", file=sys.stderr)

@@ -381,7 +381,7 @@ class ReportGenerator:
             )
         with self._step(run, t.SPAN_RENDER_HTML) as span:
             html, html_sha256, html_bytes = await self._in_thread(
-                self._render_html, template, snapshot
+                self._render_html, run.generation_id, template, snapshot
             )
             _record(
                 run,
@@ -419,6 +419,9 @@ class ReportGenerator:
                     t.OUTPUT_FONT_SUBSETTER: pdf.font_subsetter,
                 },
             )
+            if pdf.renderer:
+                fonts = tuple(f"{font.family} sha256:{font.sha256}" for font in pdf.fonts)
+                _record(run, span, {t.RENDERER_VERSIONS: pdf.renderer, t.RENDERER_FONTS: fonts})
             run.warnings.extend(f"refused URL: {u[:200]}" for u in pdf.refused_urls)
         with self._step(run, t.SPAN_STORE) as span:
             path = (
@@ -446,9 +449,11 @@ class ReportGenerator:
         )
 
     def _render_html(
-        self, template: TemplateVersion, snapshot: InputSnapshot
+        self, generation_id: str, template: TemplateVersion, snapshot: InputSnapshot
     ) -> tuple[str, str, int]:
-        html = self.registry.render(template, snapshot.decode())
+        html = self.registry.render_report(
+            template, snapshot.decode(), generation_id=generation_id, inputs_sha256=snapshot.sha256
+        )
         encoded = html.encode()
         return html, hashlib.sha256(encoded).hexdigest(), len(encoded)
 

@@ -19,9 +19,11 @@ WeasyPrint's and fontTools' own behaviour.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import mimetypes
+import platform
 import threading
 import warnings
 from collections.abc import Iterator
@@ -29,10 +31,13 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from importlib import metadata as distributions
 from pathlib import Path
 from typing import Any, Final, Literal, cast
 from urllib.parse import unquote, urlsplit
+from xml.sax.saxutils import escape as xml_escape
 
+import pydyf  # type: ignore[import-untyped]
 from fontTools.misc import timeTools  # type: ignore[import-untyped]
 from fontTools.ttLib.tables import _h_e_a_d  # type: ignore[import-untyped]
 
@@ -42,7 +47,7 @@ with warnings.catch_warnings():
     import weasyprint
     from weasyprint.pdf import fonts as weasyprint_fonts
     from weasyprint.text import ffi as weasyprint_ffi
-from weasyprint.text.fonts import FontConfiguration
+from weasyprint.text.fonts import FontConfiguration, get_hb_object_data
 from weasyprint.urls import FatalURLFetchingError, URLFetcher, URLFetcherResponse
 
 from d6_reports.errors import PDFConversionError
@@ -57,6 +62,16 @@ FONTTOOLS: Final = "fonttools"
 # report (summary 1.0.1, demo business 1), median of 20 per path in one process; the ratio was
 # 6x to 8x over five runs.
 FONTTOOLS_COST: Final = "about 7x slower: 250 ms instead of 35 ms per one-page PDF"
+
+#: ``<meta name>`` of a template -> the PDF Info key it becomes (the same name, less ``D6``, is
+#: the property in the XMP namespace below). ``otel-lineage identify`` reads them back from a
+#: modified copy; docs/semantic-conventions.md lists them.
+LINEAGE_INFO_KEYS: Final = {
+    "d6.report-id": "D6ReportId",
+    "d6.template": "D6Template",
+    "d6.inputs-sha256": "D6InputsSha256",
+}
+XMP_NAMESPACE: Final = "urn:d6-reports:lineage:1"
 
 # Font time for a document without a usable date: fixed, so still deterministic.
 _UNDATED: Final = datetime(1970, 1, 1, tzinfo=UTC)
@@ -73,6 +88,25 @@ def available_font_subsetter() -> FontSubsetter:
     return FONTTOOLS
 
 
+#: What decides a PDF's bytes besides its HTML and assets, as distributions to ask for versions.
+RENDERER_DISTRIBUTIONS: Final = ("weasyprint", "pydyf", "fonttools", "jinja2")
+
+
+@functools.cache
+def renderer_versions() -> tuple[str, ...]:
+    """``"<name> <version>"`` of each renderer library and of Python (fixed for the process)."""
+    versions = [f"{name} {distributions.version(name)}" for name in RENDERER_DISTRIBUTIONS]
+    return (*versions, f"python {platform.python_version()}")
+
+
+@dataclass(frozen=True, slots=True)
+class EmbeddedFont:
+    """A font file a PDF embeds (a subset of it): its family and the sha256 of the whole file."""
+
+    family: str
+    sha256: str
+
+
 @dataclass(frozen=True, slots=True)
 class PDFOutput:
     data: bytes
@@ -80,6 +114,10 @@ class PDFOutput:
     sha256: str
     font_subsetter: str = field(default_factory=available_font_subsetter)
     refused_urls: tuple[str, ...] = ()
+    #: The renderer fingerprint: ``renderer_versions()`` and the fonts embedded, sorted. Empty
+    #: for converters that do not say what rendered (a test converter).
+    renderer: tuple[str, ...] = ()
+    fonts: tuple[EmbeddedFont, ...] = ()
 
 
 class TemplateAssetFetcher(URLFetcher):  # type: ignore[misc]
@@ -128,6 +166,7 @@ class PDFConverter:
         config: FontConfiguration | None = getattr(self._local, "font_config", None)
         if config is None:
             config = self._local.font_config = FontConfiguration()
+            self._local.font_hashes = {}  # of this configuration's faces (see _Finisher)
         return config
 
     def convert(
@@ -146,8 +185,9 @@ class PDFConverter:
                 string=html, base_url=asset_root.resolve().as_uri() + "/", url_fetcher=fetcher
             ).render(font_config=self._font_config(), **options)
             metadata = document.metadata
+            finisher = _Finisher(lineage_metadata(metadata.custom), self._local.font_hashes)
             with _font_settings(subsetter, _document_time(metadata.modified or metadata.created)):
-                data = document.write_pdf()
+                data = document.write_pdf(finisher=finisher)
         except BaseException as exc:
             if isinstance(exc, KeyboardInterrupt | SystemExit):
                 raise
@@ -158,7 +198,74 @@ class PDFConverter:
             sha256=hashlib.sha256(data).hexdigest(),
             font_subsetter=subsetter,
             refused_urls=tuple(fetcher.refused),
+            renderer=renderer_versions(),
+            fonts=finisher.fonts,
         )
+
+
+def lineage_metadata(custom: dict[str, str]) -> dict[str, str]:
+    """The ``<meta name="d6.*">`` values of a document, by their PDF Info key."""
+    return {key: custom[name] for name, key in LINEAGE_INFO_KEYS.items() if custom.get(name)}
+
+
+class _Finisher:
+    """WeasyPrint's ``finisher`` hook, run after the pages and before the trailer: notes the
+    fonts the PDF embeds and, for templates that name their lineage, writes it in.
+
+    A font is fingerprinted by the sha256 of its whole file (what a font upgrade changes), not
+    of the subset in the PDF (which changes with the text). Hashing a 700 KB font costs about a
+    millisecond, so hashes are kept per HarfBuzz face in ``font_hashes``: the caller keeps that
+    dict beside the ``FontConfiguration`` that owns the faces, so a face cannot be freed (and
+    its address reused) while its hash is remembered.
+    """
+
+    def __init__(self, lineage: dict[str, str], font_hashes: dict[int, str]) -> None:
+        self._lineage = lineage
+        self._font_hashes = font_hashes
+        self.fonts: tuple[EmbeddedFont, ...] = ()
+
+    def _file_sha256(self, font: Any) -> str:
+        face = int(weasyprint_ffi.ffi.cast("uintptr_t", font.hb_face))
+        known = self._font_hashes.get(face)
+        if known is None:
+            known = hashlib.sha256(get_hb_object_data(font.hb_face)).hexdigest()
+            self._font_hashes[face] = known
+        return known
+
+    def __call__(self, document: Any, pdf: pydyf.PDF) -> None:
+        embedded = {
+            EmbeddedFont(font.family, self._file_sha256(font)) for font in document.fonts.values()
+        }
+        self.fonts = tuple(sorted(embedded, key=lambda f: (f.family, f.sha256)))
+        if self._lineage:
+            _name_lineage(self._lineage, pdf)
+
+
+def _name_lineage(lineage: dict[str, str], pdf: pydyf.PDF) -> None:
+    """Write the report's lineage identity into the Info dictionary and an XMP packet.
+
+    WeasyPrint writes custom ``<meta>`` names only with ``custom_metadata`` (which would take
+    every unknown name a template has) and XMP only for PDF/A, UA or X variants, so this runs in
+    its ``finisher``. Nothing in it depends on the time or on chance: two conversions of the
+    same HTML stay identical.
+    """
+    for key, value in lineage.items():
+        pdf.info[key] = pydyf.String(value)
+    properties = "".join(
+        f' d6:{key.removeprefix("D6")}="{xml_escape(value, {chr(34): "&quot;"})}"'
+        for key, value in lineage.items()
+    )
+    packet = (
+        '<?xpacket begin="\ufeff" id="W5M0MpCehiHzreSzNTczkc9d"?>\n'
+        '<x:xmpmeta xmlns:x="adobe:ns:meta/">'
+        '<rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
+        f'<rdf:Description rdf:about="" xmlns:d6="{XMP_NAMESPACE}"{properties}/>'
+        "</rdf:RDF></x:xmpmeta>\n"
+        '<?xpacket end="r"?>'
+    )
+    stream = pydyf.Stream([packet.encode()], {"Type": "/Metadata", "Subtype": "/XML"})
+    pdf.add_object(stream)
+    pdf.catalog["Metadata"] = stream.reference
 
 
 def _choose(requested: FontSubsetter | None) -> FontSubsetter:

@@ -35,6 +35,10 @@ OUTPUT_PAGES: Final = "report.output.pages"
 OUTPUT_URI: Final = "report.output.uri"
 OUTPUT_REFUSED_URLS: Final = "report.output.refused_urls"
 OUTPUT_FONT_SUBSETTER: Final = "report.output.font_subsetter"
+#: The renderer fingerprint: "<library> <version>" of WeasyPrint, pydyf, fontTools, Jinja2 and
+#: Python, and "<family> sha256:<digest of the font file>" of each font the PDF embeds.
+RENDERER_VERSIONS: Final = "report.renderer.versions"
+RENDERER_FONTS: Final = "report.renderer.fonts"
 STATUS: Final = "report.status"
 #: Which attempt of its generation the report is (1, or more for a redelivered queued task).
 ATTEMPT: Final = "report.attempt"

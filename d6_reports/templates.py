@@ -23,6 +23,11 @@ from d6_reports.errors import TemplateNotFoundError, TemplateRenderError
 
 TEMPLATES_DIR = Path(__file__).resolve().parent / "templates"
 LOCK_FILE = "templates.lock.json"
+#: The render variable through which a PDF names its own lineage: its report generation id,
+#: template name and version and inputs sha256. Versions that print it (audit_report 2.1.0 and
+#: summary 1.1.0 on) put it in ``<meta name="d6.*">`` (the PDF's metadata) and in every page's
+#: footer; earlier versions ignore it, so their PDFs stay byte for byte what they were.
+LINEAGE_VARIABLE = "lineage"
 ENTRY_POINT = "report.html.j2"
 
 
@@ -159,6 +164,27 @@ class TemplateRegistry:
         with self._mutex:
             self._compiled[key] = compiled
         return compiled
+
+    def render_report(
+        self,
+        template: TemplateVersion,
+        inputs: dict[str, Any],
+        *,
+        generation_id: str,
+        inputs_sha256: str,
+    ) -> str:
+        """The report's HTML: ``inputs`` plus the ``lineage`` variable (see ``LINEAGE_VARIABLE``).
+
+        The generator and ``verify`` both render through here, so a replay with the recorded id
+        and digest gives the same HTML, hence the same PDF, as the original.
+        """
+        lineage = {
+            "generation_id": generation_id,
+            "template_name": template.name,
+            "template_version": template.version,
+            "inputs_sha256": inputs_sha256,
+        }
+        return self.render(template, {**inputs, LINEAGE_VARIABLE: lineage})
 
     def render(self, template: TemplateVersion, context: dict[str, Any]) -> str:
         try:

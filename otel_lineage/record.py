@@ -107,6 +107,9 @@ class LineageRecord:
     exported: bool | None = None
     #: Which attempt of its generation this trace was (None in records of older versions).
     attempt: int | None = None
+    #: What rendered the PDF: library versions, font subsetter, embedded fonts (family and
+    #: sha256 of the font file). None when the converter recorded none (and in older records).
+    renderer: dict[str, Any] | None = None
 
     def as_row(self) -> dict[str, Any]:
         """Column values for an insert (every field is a column)."""

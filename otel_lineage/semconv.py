@@ -31,6 +31,10 @@ OUTPUT_PAGES: Final = "report.output.pages"
 OUTPUT_URI: Final = "report.output.uri"
 #: Which font subsetter made the PDF ("harfbuzz" or "fonttools"): their bytes differ.
 OUTPUT_FONT_SUBSETTER: Final = "report.output.font_subsetter"
+#: The renderer fingerprint: "<library> <version>" of WeasyPrint, pydyf, fontTools, Jinja2 and
+#: Python, and "<family> sha256:<digest of the font file>" of each font the PDF embeds.
+RENDERER_VERSIONS: Final = "report.renderer.versions"
+RENDERER_FONTS: Final = "report.renderer.fonts"
 STATUS: Final = "report.status"
 #: Which attempt of its generation the report is (a queued task can run more than once).
 ATTEMPT: Final = "report.attempt"

@@ -27,6 +27,8 @@ ACTIONS = frozenset(
         "key_create",
         "key_revoke",
         "prune",
+        "forget",
+        "keys_rotate",
         "sign_in",
         "read_access_log",
     }

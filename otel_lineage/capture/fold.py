@@ -168,6 +168,7 @@ def fold(
         if _has_bad_text(items):
             lists[name] = clean_json(items)
             reasons.append(f"invalid_text:{name}")
+    renderer = _renderer(value(sc.RENDERER_VERSIONS), value(sc.RENDERER_FONTS), value)
     reasons = [clean_text(r) for r in dict.fromkeys(reasons)]  # span names may need it too
     sampled = context.trace_flags.sampled
     return LineageRecord(
@@ -188,6 +189,7 @@ def fold(
         created_at=now(),
         caller_trace_id=_caller_trace_id(carried, root),
         exported=sampled and exporting,
+        renderer=renderer,
         **fields,
         **numbers,
         **lists,
@@ -215,6 +217,27 @@ def span_tree_json(spans: Sequence[ReadableSpan], root: ReadableSpan) -> tuple[b
         cleaned = _has_bad_text(document)
         text = json.dumps(clean_json(document), ensure_ascii=False, separators=(",", ":"))
         return text.encode(), cleaned
+
+
+def _renderer(
+    versions: object, fonts: object, value: Callable[[str], object]
+) -> dict[str, Any] | None:
+    """The renderer fingerprint as stored: ``{"<library>": "<version>", ..., "font_subsetter":
+    ..., "fonts": [{"family", "sha256"}]}``; None when the converter recorded none."""
+    if not isinstance(versions, Sequence) or isinstance(versions, str) or not versions:
+        return None
+    out: dict[str, Any] = {}
+    for item in versions:
+        name, _, version = str(item).partition(" ")
+        out[clean_text(name)[:40]] = clean_text(version)[:80]
+    subsetter = value(sc.OUTPUT_FONT_SUBSETTER)
+    out["font_subsetter"] = str(subsetter) if subsetter is not None else None
+    embedded = []
+    for item in fonts if isinstance(fonts, Sequence) and not isinstance(fonts, str) else ():
+        family, _, digest = str(item).rpartition(" sha256:")
+        embedded.append({"family": clean_text(family)[:200], "sha256": digest[:64]})
+    out["fonts"] = embedded
+    return out
 
 
 def _compare(carried: Mapping[str, object], attrs: Mapping[str, Any]) -> list[str]:

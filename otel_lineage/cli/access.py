@@ -86,7 +86,7 @@ def parse_expiry(value: str | None, now: datetime) -> datetime | None:
     return when
 
 
-def _os_user() -> str:
+def os_user() -> str:
     try:
         return getpass.getuser()
     except (OSError, KeyError):  # no login name and no passwd entry (some containers)
@@ -161,7 +161,7 @@ def keys_create(
         chosen = parse_role(role)
     except ValueError as exc:
         raise CliError(f"--role: {exc}") from None
-    user = check_text(created_by, "--created-by") or _os_user()
+    user = check_text(created_by, "--created-by") or os_user()
     expires_at = parse_expiry(expires, datetime.now(UTC))
     engine = _engine(ctx, write=True)
     try:
@@ -222,7 +222,7 @@ def keys_revoke(
 ) -> None:
     """Revoke a key: it stops working at once, also for signed-in browser sessions."""
     check_text(name_or_id, "name or id", 100)
-    user = check_text(created_by, "--created-by") or _os_user()
+    user = check_text(created_by, "--created-by") or os_user()
     engine = _engine(ctx, write=True)
     try:
         key = revoke_key(engine, name_or_id, audit=_audit(user, "key_revoke"))

@@ -28,7 +28,9 @@ from rich.text import Text
 from sqlalchemy import Engine
 
 from otel_lineage.cli.access import access_log, keys_app
+from otel_lineage.cli.seals import audit_seals_cmd, seal
 from otel_lineage.cli.serve import serve
+from otel_lineage.cli.snapshots import forget_cmd, keys_rotate
 from otel_lineage.cli.support import (
     MAX_ID,
     CliError,
@@ -49,9 +51,16 @@ from otel_lineage.delivery.outbox import (
 from otel_lineage.delivery.recovery import QuarantinedItem, inspect_quarantine, mark_abandoned
 from otel_lineage.delivery.store import LineageStore
 from otel_lineage.reading.exports import TraceUnavailableError, span_tree, to_jaeger, to_otlp_json
+from otel_lineage.reading.identify import (
+    MAX_PARSED_BYTES,
+    SOURCES,
+    EmbeddedLineage,
+    embedded_lineage,
+)
 from otel_lineage.reading.openlineage import check_endpoint, redacted, run_events
 from otel_lineage.reading.openlineage import emit as emit_events
 from otel_lineage.reading.query import (
+    LIST_COLUMNS,
     LineageNotFoundError,
     ListFilter,
     attempts_of,
@@ -77,9 +86,16 @@ app = typer.Typer(
 )
 outbox_app = typer.Typer(help="The local outbox of lineage records.", no_args_is_help=True)
 app.add_typer(outbox_app, name="outbox")
-app.add_typer(keys_app, name="keys")
+keys_app.command("rotate")(keys_rotate)
+app.add_typer(
+    keys_app,
+    name="keys",
+    help="API keys of the lineage service; `rotate` re-wraps the snapshot encryption keys.",
+)
+app.command("forget")(forget_cmd)
 app.command("access-log")(access_log)
 app.command("serve")(serve)
+app.command("seal")(seal)
 console = Console(soft_wrap=True, highlight=False)
 err = Console(stderr=True, soft_wrap=True, highlight=False)
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
@@ -255,8 +271,16 @@ def audit_cmd(
             "report's lineage to arrive (draining a queue) before answering.",
         ),
     ] = 0,
+    seals: Annotated[
+        bool,
+        typer.Option(
+            "--seals", help="Check the seals instead: modified, deleted, inserted rows; signatures."
+        ),
+    ] = False,
 ) -> None:
     """Reconcile report generations with lineage rows; exit 1 below 100% capture."""
+    if seals:
+        audit_seals_cmd(_engine("lineage"), json=json, limit=limit)
     directory = _outbox_dir()
     reports, lineage = _engine("reports"), _engine("lineage")
     period = {"since": parse_time(since, "--since"), "until": parse_time(until, "--until")}
@@ -400,6 +424,7 @@ def show(
         ("started", row["started_at"]),
         ("duration", f"{row['duration_ms']} ms, {row['span_count']} spans"),
         ("service", f"{row['service_name']} {row['service_version'] or ''}"),
+        ("renderer", _renderer_line(row.get("renderer"))),
     ):
         summary.add_row(label, text(value))
     console.print(summary)
@@ -414,6 +439,16 @@ def show(
             text(step["status"] + (f" ({step['error_type']})" if step.get("error_type") else "")),
         )
     console.print(steps)
+
+
+def _renderer_line(renderer: dict[str, Any] | None) -> str:
+    if not renderer:
+        return "not recorded"
+    fonts = ", ".join(f"{f['family']} {str(f['sha256'])[:12]}" for f in renderer.get("fonts", ()))
+    versions = ", ".join(
+        f"{name} {value}" for name, value in renderer.items() if name not in ("fonts",)
+    )
+    return f"{versions}; fonts: {fonts or 'none'}"
 
 
 def _inputs_line(inputs: dict[str, Any]) -> str:
@@ -589,26 +624,56 @@ def list_cmd(
 
 @app.command("identify")
 def identify(
-    pdf: Annotated[Path, typer.Argument(help="A PDF someone sent you.")],
+    pdf: Annotated[Path | None, typer.Argument(help="A PDF someone sent you.")] = None,
+    report_id: Annotated[
+        str | None,
+        typer.Option("--id", help="The id printed in a paper copy's footer (or a prefix)."),
+    ] = None,
     json: JsonOpt = False,
 ) -> None:
-    """Which report, generation and lineage produced this PDF (by its sha256)."""
-    digest = _pdf_sha256(pdf)
+    """Which report, generation and lineage produced this PDF.
+
+    An exact copy is found by its sha256; a modified copy (re-saved, annotated) by the report id
+    it names in its metadata or footer; a printed copy by the id typed with ``--id``.
+    """
+    if (pdf is None) == (report_id is None):
+        raise CliError("give a PDF file or --id <report id>, not both and not neither")
+    if report_id is not None:
+        row = _identity(_row_or_exit(report_id))
+        if json:
+            _dump({"id": report_id, "matches": [row]})
+        else:
+            console.print(text(f"report id {report_id}: {_described(row)}"))
+        return
+    assert pdf is not None
+    digest, data = _read_pdf(pdf)
     rows = rows_by_output(_engine("lineage"), digest)
-    without = [] if rows else generations_by_pdf(_engine("reports"), digest)
+    named = None if rows else embedded_lineage(data)
+    copy_of = _modified_copy_of(named) if named else None
+    without = [] if rows or copy_of else generations_by_pdf(_engine("reports"), digest)
     if json:
-        _dump({"sha256": digest, "matches": rows, "generations_without_lineage": without})
+        _dump(
+            {
+                "sha256": digest,
+                "matches": rows,
+                "modified_copy_of": copy_of,
+                "embedded": named.as_dict() if named else None,
+                "generations_without_lineage": without,
+            }
+        )
     elif rows:
         console.print(f"sha256 {digest}: produced by {len(rows)} report(s)")
         for row in rows:
-            console.print(
-                text(
-                    f"  report {row['report_generation_id']}, business "
-                    f"{row['business_id']}, {_template(row)}, "
-                    f"{row['started_at'].isoformat(timespec='seconds')}, inputs "
-                    f"{row['inputs_sha256']}, trace {row['trace_id']}"
-                )
+            console.print(text(f"  {_described(row)}"))
+    elif copy_of is not None and named is not None:
+        console.print(
+            text(
+                f"modified copy of report {copy_of['report_generation_id']}: bytes differ from "
+                f"the original (sha256 {digest}, the original's {copy_of['output_sha256']}; "
+                f"the id was read from the PDF's {SOURCES[named.source]})"
             )
+        )
+        console.print(text(f"  {_described(copy_of)}"))
     for generation in without if not json else []:
         console.print(
             text(
@@ -619,14 +684,44 @@ def identify(
                 "PDF (generated without lineage)"
             )
         )
-    if not rows and not without:
+    if rows or copy_of is not None:
+        return
+    if named is not None and not without:
+        raise CliError(
+            f"the PDF names report {named.report_id} (in its {SOURCES[named.source]}), but no "
+            f"lineage row has that id, and no report produced sha256 {digest}",
+            1,
+        )
+    if not without:
         raise CliError(f"unknown PDF: no report produced a PDF with sha256 {digest}", 1)
-    if not rows:
-        raise typer.Exit(1)
+    raise typer.Exit(1)
 
 
-def _pdf_sha256(pdf: Path) -> str:
-    """The sha256 of a PDF file, read in chunks; refuses devices, directories, huge files."""
+def _modified_copy_of(named: EmbeddedLineage) -> dict[str, Any] | None:
+    """The lineage row of the report a modified copy names (its exact id only, no prefix)."""
+    try:
+        row = get_row(_engine("lineage"), named.report_id)
+    except LookupError:
+        return None
+    return _identity(row) if row["report_generation_id"] == named.report_id else None
+
+
+def _identity(row: dict[str, Any]) -> dict[str, Any]:
+    """The columns ``identify`` shows of a row (never the snapshot or the span tree)."""
+    return {name: row.get(name) for name in (*LIST_COLUMNS, "output_uri", "inputs_sha256")}
+
+
+def _described(row: dict[str, Any]) -> str:
+    return (
+        f"report {row['report_generation_id']}, business {row['business_id']}, "
+        f"{_template(row)}, {row['started_at'].isoformat(timespec='seconds')}, inputs "
+        f"{row['inputs_sha256']}, trace {row['trace_id']}"
+    )
+
+
+def _read_pdf(pdf: Path) -> tuple[str, bytes]:
+    """The sha256 of a PDF file, read once in chunks, and its bytes when small enough to parse
+    (``MAX_PARSED_BYTES``). Refuses devices, directories, huge files and non-PDFs."""
     try:
         info = pdf.stat()
     except OSError as exc:
@@ -636,6 +731,7 @@ def _pdf_sha256(pdf: Path) -> str:
     if info.st_size > MAX_PDF_BYTES:
         raise CliError(f"{pdf} is larger than {MAX_PDF_BYTES >> 20} MiB: not one of our reports")
     digest = hashlib.sha256()
+    kept: list[bytes] | None = [] if info.st_size <= MAX_PARSED_BYTES else None
     read = 0
     try:
         with open(pdf, "rb") as handle:
@@ -646,11 +742,15 @@ def _pdf_sha256(pdf: Path) -> str:
                 if read > MAX_PDF_BYTES:  # grew while we read it
                     raise CliError(f"{pdf} is larger than {MAX_PDF_BYTES >> 20} MiB")
                 digest.update(chunk)
+                if kept is not None:
+                    kept.append(chunk)
+                    if read > MAX_PARSED_BYTES:
+                        kept = None
     except OSError as exc:
         raise CliError(f"cannot read {pdf}: {exc.strerror}", 1) from exc
     if read == 0:
         raise CliError(f"{pdf} is empty: not a PDF", 1)
-    return digest.hexdigest()
+    return digest.hexdigest(), b"".join(kept or ())
 
 
 @app.command("inputs")
@@ -674,12 +774,20 @@ def inputs_cmd(
 
 
 @app.command("stats")
-def stats(since: SinceOpt = None, until: UntilOpt = None, json: JsonOpt = False) -> None:
+def stats(
+    since: SinceOpt = None,
+    until: UntilOpt = None,
+    by_renderer: Annotated[
+        bool, typer.Option("--by-renderer", help="Split by the WeasyPrint version that rendered.")
+    ] = False,
+    json: JsonOpt = False,
+) -> None:
     """Per template version: reports, failure rate, p50/p95 of each step."""
     groups = step_stats(
         _engine("lineage"),
         since=parse_time(since, "--since"),
         until=parse_time(until, "--until"),
+        by_renderer=by_renderer,
     )
     if json:
         _dump(groups)
@@ -688,7 +796,7 @@ def stats(since: SinceOpt = None, until: UntilOpt = None, json: JsonOpt = False)
     for name in ("template", "reports", "failed", "failure rate", "step", "p50 ms", "p95 ms"):
         table.add_column(name)
     for group in groups:
-        label = _template(group)
+        label = _template(group) + (f" ({group['renderer']})" if by_renderer else "")
         first = True
         for step, figures in group["steps"].items() or [("-", {"p50_ms": "-", "p95_ms": "-"})]:
             table.add_row(
@@ -725,6 +833,13 @@ def verify_cmd(report_id: ReportIdArg, json: JsonOpt = False) -> None:
                         f"  {check.what}: recorded {check.recorded}, re-rendered {check.actual}",
                     )
                 )
+        if result.recorded_renderer is None:
+            console.print(Text.assemble(("-", "yellow"), "        renderer not recorded"))
+        elif result.renderer_differences:
+            differences = "; ".join(result.renderer_differences)
+            console.print(Text.assemble(("DIFFERS", "red"), f"  renderer: {differences}"))
+        else:
+            console.print(Text.assemble(("match", "green"), "    renderer (versions and fonts)"))
         console.print(
             Text("reproduced byte for byte", "green") if result.ok else Text(result.verdict, "red")
         )

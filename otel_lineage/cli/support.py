@@ -32,6 +32,7 @@ from otel_lineage.delivery.engines import (
     create_lineage_engine,
     sqlite_path,
 )
+from otel_lineage.settings import LineageConfigError
 
 #: Bad usage or configuration (the convention of Click's usage errors too).
 USAGE = 2
@@ -106,7 +107,7 @@ class OneLineErrors(TyperGroup):
 
 def describe_common(exc: BaseException) -> CliError:
     """The one line for failures every command can meet."""
-    if isinstance(exc, MissingDatabaseError):
+    if isinstance(exc, MissingDatabaseError | LineageConfigError):
         return CliError(str(exc))
     if isinstance(exc, ArgumentError):
         return CliError(f"not a database URL: {exc}")

@@ -75,6 +75,11 @@ report_lineage = Table(
     Column("exported", Boolean),
     # Which attempt of its generation the trace was (a redelivered task): revision 0007.
     Column("attempt", Integer),
+    # What rendered the PDF (versions, font subsetter, embedded fonts): revision 0008.
+    Column("renderer", JSON),
+    # The snapshot is in ``lineage_snapshots`` under (business_id, inputs_sha256), stored once
+    # per content and optionally encrypted; NULL on rows that keep it inline: revision 0010.
+    Column("inputs_snapshot_shared", Boolean),
     Index("ix_report_lineage_report_generation_id", "report_generation_id"),
     Index("ix_report_lineage_business_started", "business_id", "started_at"),
     Index("ix_report_lineage_template_started", "template_name", "template_version", "started_at"),
@@ -155,4 +160,91 @@ lineage_access_log = Table(
     Index("ix_lineage_access_log_at", "at"),
     Index("ix_lineage_access_log_report_at", "report_id", "at"),
     Index("ix_lineage_access_log_user_at", "user", "at"),
+)
+
+#: Input snapshots, once per business and content (``otel_lineage.protection.snapshots``):
+#: ``codec`` says how ``data`` is stored (``zstd``, or ``zstd+aes-256-gcm`` under the business
+#: data key ``key_id``). Keyed per business, not per content alone, because the data keys are
+#: per business: erasing one business must not touch another's copy of the same bytes.
+#: Revision ``0010``.
+lineage_snapshots = Table(
+    "lineage_snapshots",
+    metadata,
+    Column("business_id", Integer, primary_key=True),
+    Column("inputs_sha256", String(64), primary_key=True),
+    Column("codec", Text, nullable=False),
+    Column("key_id", String(36)),
+    Column("nonce", LargeBinary),
+    Column("data", LargeBinary, nullable=False),
+    Column("created_at", TS, nullable=False),
+)
+
+#: One data key per business (``otel_lineage.protection.keys``), wrapped by a master key of the
+#: key file (``OTEL_LINEAGE_SNAPSHOT_KEY_FILE``). ``forget`` deletes the wrapped bytes and keeps
+#: the row as a tombstone (``destroyed_at``); at most one live key per business. Revision
+#: ``0010``.
+lineage_business_keys = Table(
+    "lineage_business_keys",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("business_id", Integer, nullable=False),
+    Column("master_key_id", Text),
+    Column("wrapped_key", LargeBinary),
+    Column("created_at", TS, nullable=False),
+    Column("rotated_at", TS),
+    Column("destroyed_at", TS),
+    Index(
+        "ux_lineage_business_keys_live",
+        "business_id",
+        unique=True,
+        sqlite_where=text("destroyed_at IS NULL"),
+        postgresql_where=text("destroyed_at IS NULL"),
+    ),
+)
+
+
+#: Tamper-evident seals (``otel_lineage.evidence.seals``): each seal covers the lineage rows
+#: not sealed before it and is chained to its predecessor by hash. ``seal_no`` (primary key)
+#: and ``prev_hash`` (unique) make a fork impossible in the database itself, whatever a sealer
+#: does: two seals can never claim the same number or the same predecessor. Revision ``0009``.
+lineage_seals = Table(
+    "lineage_seals",
+    metadata,
+    Column(
+        "seal_no",
+        BigInteger().with_variant(Integer, "sqlite"),
+        primary_key=True,
+        autoincrement=False,
+    ),
+    Column("prev_hash", String(64), nullable=False, unique=True),
+    Column("seal_hash", String(64), nullable=False),
+    Column("digest_version", Integer, nullable=False),
+    Column("row_count", Integer, nullable=False),
+    # Highest row id in the seal, and whether the seal took every row not yet sealed (a seal
+    # cut at its size limit did not): what tells a late row from a back-dated one.
+    Column("max_row_id", BigInteger),
+    Column("exhaustive", Boolean, nullable=False),
+    Column("sealed_at", TS, nullable=False),
+    Column("sealed_by", Text),
+    # sha256 of the raw Ed25519 public key, and the signature over the seal hash (NULL: unsigned).
+    Column("key_id", String(64)),
+    Column("signature", LargeBinary),
+)
+
+#: The rows of each seal with their digests, so an audit names exactly which row changed or
+#: went. The primary key on ``row_id`` means a row is sealed at most once, by the database.
+lineage_seal_rows = Table(
+    "lineage_seal_rows",
+    metadata,
+    Column(
+        "row_id",
+        BigInteger().with_variant(Integer, "sqlite"),
+        primary_key=True,
+        autoincrement=False,
+    ),
+    Column("seal_no", BigInteger, nullable=False),
+    Column("trace_id", String(32), nullable=False),
+    Column("report_generation_id", String(36)),
+    Column("digest", String(64), nullable=False),
+    Index("ix_lineage_seal_rows_seal_no_row_id", "seal_no", "row_id"),
 )

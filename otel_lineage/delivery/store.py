@@ -27,6 +27,8 @@ from sqlalchemy import Connection, Engine, Table, TextClause, bindparam, event, 
 from otel_lineage import semconv
 from otel_lineage.delivery.schema import lineage_counters, report_lineage
 from otel_lineage.delivery.stats import COUNTER_NAMES, Counts
+from otel_lineage.protection.keys import keyring_from_env
+from otel_lineage.protection.snapshots import SHARED_COLUMN, SnapshotStore
 from otel_lineage.record import LineageRecord, clean_json, clean_text, needs_cleaning
 
 _log = logging.getLogger(__name__)
@@ -122,10 +124,23 @@ def upsert_statement(
 class LineageStore:
     """The lineage database, as the writer sees it."""
 
-    def __init__(self, engine: Engine, *, service_name: str | None = None) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        service_name: str | None = None,
+        snapshots: SnapshotStore | None = None,
+    ) -> None:
+        """``snapshots``: how input snapshots are stored; by default as the environment says
+        (encrypted when ``OTEL_LINEAGE_SNAPSHOT_KEY_FILE`` is set), so no store, not even
+        ``outbox flush``'s, writes a snapshot in clear where encryption is configured."""
         self.engine = engine
+        self.snapshots = snapshots or SnapshotStore(keyring_from_env())
         self._lineage_upsert = upsert_statement(
-            report_lineage, "trace_id", RECORD_FIELDS, clear_on_update=("pruned_at",)
+            report_lineage,
+            "trace_id",
+            (*RECORD_FIELDS, SHARED_COLUMN),
+            clear_on_update=("pruned_at",),
         )
         self._counters_upsert = upsert_statement(
             lineage_counters, "instance_id", [c.name for c in lineage_counters.columns]
@@ -139,11 +154,17 @@ class LineageStore:
         event.listen(engine, "connect", self._remember_connection)
 
     def upsert(self, records: Sequence[LineageRecord]) -> None:
-        """Insert or update ``records`` in one transaction (text cleaned: ``clean_record``)."""
+        """Insert or update ``records`` in one transaction (text cleaned: ``clean_record``).
+
+        Snapshots go to ``lineage_snapshots`` in the same transaction (deduplicated, maybe
+        encrypted: ``SnapshotStore``), so a row never names a snapshot that is not stored.
+        """
         if not records:
             return
+        rows = [{**clean_record(r).as_row(), SHARED_COLUMN: None} for r in records]
         with untraced(), self.engine.begin() as conn:
-            conn.execute(self._lineage_upsert, [clean_record(r).as_row() for r in records])
+            self.snapshots.prepare(conn, rows)
+            conn.execute(self._lineage_upsert, rows)
             unsettled = [{"trace_id": r.trace_id} for r in records if _outcome_unknown(r)]
             if unsettled and self._has_generations(conn):
                 conn.execute(_SETTLE, unsettled)

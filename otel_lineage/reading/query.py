@@ -30,6 +30,7 @@ from sqlalchemy import (
 from otel_lineage.delivery.schema import lineage_counters, report_lineage
 from otel_lineage.delivery.stats import COUNTER_NAMES
 from otel_lineage.delivery.store import untraced
+from otel_lineage.protection import snapshots
 from otel_lineage.record import decompress
 
 _generations = table(
@@ -81,7 +82,9 @@ def read_row(conn: Connection, report_id: str) -> dict[str, Any]:
             found = _authoritative(conn, ids[0])
     if found is None:
         raise LineageNotFoundError(f"no lineage row for report {report_id!r}")
-    return _plain(found)
+    row = _plain(found)
+    snapshots.attach(conn, row)  # a shared snapshot, and the state of its key
+    return row
 
 
 #: Of several attempts' rows, the one that speaks for the generation: the completed one (at
@@ -131,14 +134,24 @@ def latest_report_id(engine: Engine) -> str:
 
 
 def inputs_summary(row: dict[str, Any]) -> dict[str, Any]:
-    """What the stored snapshot holds, after checking it against the recorded digest."""
-    blob = row.get("inputs_snapshot")
-    if blob is None:
+    """What the stored snapshot holds, after checking it against the recorded digest.
+
+    An encrypted snapshot whose key is absent or destroyed is summarised with the reason in
+    ``error`` (as a corrupt blob is by its callers) instead of raising: the rest of the row is
+    still worth showing.
+    """
+    if not snapshots.has_snapshot(row):
         return {"stored": False}
-    data = decompress(blob, row.get("inputs_codec") or "zstd")
+    encrypted = snapshots.is_encrypted(row)
+    try:
+        blob, codec = snapshots.snapshot_blob(row)
+    except snapshots.SnapshotUnreadableError as exc:
+        return {"stored": True, "encrypted": encrypted, "error": str(exc)}
+    data = decompress(blob, codec)
     digest = hashlib.sha256(data).hexdigest()
     summary: dict[str, Any] = {
         "stored": True,
+        "encrypted": encrypted,
         "bytes": len(data),
         "compressed_bytes": len(blob),
         "sha256": digest,
@@ -158,7 +171,8 @@ def inputs_summary(row: dict[str, Any]) -> dict[str, Any]:
 
 def public_row(row: dict[str, Any]) -> dict[str, Any]:
     """The row without its binary blobs, JSON-ready."""
-    out = {k: v for k, v in row.items() if k not in ("inputs_snapshot", "span_tree")}
+    hidden = ("inputs_snapshot", "span_tree", snapshots.SNAPSHOT_FIELD)
+    out = {k: v for k, v in row.items() if k not in hidden}
     for key, value in out.items():
         if isinstance(value, datetime):
             out[key] = value.isoformat()
@@ -450,20 +464,30 @@ def read_rows_by_output(conn: Connection, sha256: str) -> list[dict[str, Any]]:
 
 
 def step_stats(
-    engine: Engine, *, since: datetime | None = None, until: datetime | None = None
+    engine: Engine,
+    *,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    by_renderer: bool = False,
 ) -> list[dict[str, Any]]:
-    """Per template version: reports, failures, failure rate, p50/p95 of each step."""
+    """Per template version: reports, failures, failure rate, p50/p95 of each step.
+
+    ``by_renderer`` splits each version by the WeasyPrint version that rendered it (``renderer``
+    in the output: ``"weasyprint 70.0"``, or ``"not recorded"`` for rows without a fingerprint),
+    which is how a change of timings or failures after an upgrade shows.
+    """
     c = report_lineage.c
-    query = select(c.template_name, c.template_version, c.status, c.steps)
+    query = select(c.template_name, c.template_version, c.status, c.steps, c.renderer)
     if since is not None:
         query = query.where(c.started_at >= to_utc(since))
     if until is not None:
         query = query.where(c.started_at < to_utc(until))
-    groups: dict[tuple[str, str], dict[str, Any]] = {}
+    groups: dict[tuple[str, str, str], dict[str, Any]] = {}
     with untraced(), engine.connect() as conn:
-        for name, version, status, steps in conn.execute(query):
+        for name, version, status, steps, renderer in conn.execute(query):
+            label = _renderer_label(renderer) if by_renderer else ""
             group = groups.setdefault(
-                (name or "-", version or "-"), {"count": 0, "failed": 0, "steps": {}}
+                (name or "-", version or "-", label), {"count": 0, "failed": 0, "steps": {}}
             )
             group["count"] += 1
             group["failed"] += status != "completed"
@@ -471,11 +495,12 @@ def step_stats(
                 if step.get("duration_ms") is not None:
                     group["steps"].setdefault(step["name"], []).append(step["duration_ms"])
     out = []
-    for (name, version), group in sorted(groups.items()):
+    for (name, version, label), group in sorted(groups.items()):
         out.append(
             {
                 "template_name": name,
                 "template_version": version,
+                **({"renderer": label} if by_renderer else {}),
                 "count": group["count"],
                 "failed": group["failed"],
                 "failure_rate": round(group["failed"] / group["count"], 4),
@@ -486,6 +511,11 @@ def step_stats(
             }
         )
     return out
+
+
+def _renderer_label(renderer: object) -> str:
+    version = renderer.get("weasyprint") if isinstance(renderer, dict) else None
+    return f"weasyprint {version}" if version else "not recorded"
 
 
 def _percentile(values: list[float], q: float) -> float:

@@ -53,6 +53,11 @@ class VerifyResult:
     recorded_font_subsetter: str | None = None
     replay_font_subsetter: str | None = None
     explanation: str | None = None
+    #: The renderer fingerprint the row recorded (None: not recorded) and this machine's.
+    recorded_renderer: dict[str, Any] | None = None
+    replay_renderer: dict[str, Any] | None = None
+    #: What differs between the two, one phrase per part ("weasyprint 70.0 here, 71.0 then").
+    renderer_differences: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -76,6 +81,11 @@ class VerifyResult:
                 "recorded": self.recorded_font_subsetter,
                 "replayed": self.replay_font_subsetter,
             },
+            "renderer": {
+                "recorded": self.recorded_renderer,
+                "replayed": self.replay_renderer,
+                "differences": self.renderer_differences,
+            },
             "checks": [
                 {
                     "what": c.what,
@@ -95,6 +105,7 @@ def verify(row: Mapping[str, Any]) -> VerifyResult:
     from d6_reports.templates import TemplateRegistry
 
     result = VerifyResult(str(row["report_generation_id"]))
+    result.recorded_renderer = row.get("renderer")
     snapshot = stored_snapshot(row)
     result.checks.append(
         Check("inputs snapshot sha256", row["inputs_sha256"], hashlib.sha256(snapshot).hexdigest())
@@ -111,7 +122,12 @@ def verify(row: Mapping[str, Any]) -> VerifyResult:
     import orjson
 
     try:
-        html = registry.render(template, orjson.loads(snapshot))
+        html = registry.render_report(
+            template,
+            orjson.loads(snapshot),
+            generation_id=str(row["report_generation_id"]),
+            inputs_sha256=str(row["inputs_sha256"]),
+        )
         result.checks.append(
             Check("html sha256", row["html_sha256"], hashlib.sha256(html.encode()).hexdigest())
         )
@@ -123,9 +139,50 @@ def verify(row: Mapping[str, Any]) -> VerifyResult:
     except ReportError as exc:
         raise VerifyError(f"re-rendering failed: {exc}") from exc
     result.replay_font_subsetter = pdf.font_subsetter
+    result.replay_renderer = {
+        **dict(item.partition(" ")[::2] for item in pdf.renderer),
+        "font_subsetter": pdf.font_subsetter,
+        "fonts": [{"family": f.family, "sha256": f.sha256} for f in pdf.fonts],
+    }
+    result.renderer_differences = renderer_differences(
+        result.recorded_renderer, result.replay_renderer
+    )
     result.checks.append(Check("pdf sha256", row["output_sha256"], pdf.sha256))
     result.explanation = _explain(result)
     return result
+
+
+def renderer_differences(
+    recorded: Mapping[str, Any] | None, replayed: Mapping[str, Any]
+) -> list[str]:
+    """Each part of the renderer that differs between a row's fingerprint and a replay's.
+
+    Library versions first (the usual cause after an upgrade), then the fonts: a family whose
+    file changed, one the original embedded that the replay did not, and the reverse.
+    """
+    if recorded is None:
+        return []
+    differences = []
+    for name, was in recorded.items():
+        if name == "fonts":
+            continue
+        now = replayed.get(name)
+        if was != now:
+            differences.append(f"{name} {now or 'absent'} here, {was or 'absent'} then")
+    then = {(f.get("family"), f.get("sha256")) for f in recorded.get("fonts") or ()}
+    here = {(f["family"], f["sha256"]) for f in replayed.get("fonts") or ()}
+    for family, digest in sorted(then - here, key=str):
+        changed = sorted(d for f, d in here - then if f == family)
+        if changed:
+            differences.append(
+                f"font {family}: file sha256 {changed[0][:12]} here, {str(digest)[:12]} then"
+            )
+        else:
+            differences.append(f"font {family} ({str(digest)[:12]}) was embedded then, not here")
+    for family, digest in sorted(here - then):
+        if not any(f == family for f, _ in then - here):
+            differences.append(f"font {family} ({digest[:12]}) is embedded here, not then")
+    return differences
 
 
 def recorded_font_subsetter(row: Mapping[str, Any]) -> str | None:
@@ -149,10 +206,11 @@ def _replay_subsetter(recorded: str | None, available: FontSubsetter) -> FontSub
 
 
 def _explain(result: VerifyResult) -> str | None:
-    """Why the PDF differs, when the replay could not use the original's font subsetter."""
+    """Why the PDF differs, when the cause is known: the replay could not use the original's
+    font subsetter, or another part of the renderer differs (``renderer_differences``)."""
     pdf_check = result.checks[-1]
     recorded, replayed = result.recorded_font_subsetter, result.replay_font_subsetter
-    if pdf_check.ok or replayed is None or recorded == replayed:
+    if pdf_check.ok or replayed is None:
         return None
     others = [c for c in result.checks if c.what in ("template sha256", "html sha256")]
     differing = [c.what.removesuffix(" sha256") for c in others if not c.ok]
@@ -161,6 +219,13 @@ def _explain(result: VerifyResult) -> str | None:
         if not differing
         else f"{' and '.join(differing)} digests differ too"
     )
+    if recorded == replayed:
+        if not result.renderer_differences:
+            return None
+        return (
+            f"the renderer differs: {'; '.join(result.renderer_differences)}: PDF bytes cannot "
+            f"be expected to match; {inputs}"
+        )
     here = _SUBSETTER_NAMES[replayed]
     if recorded is None:
         return (
@@ -174,15 +239,29 @@ def _explain(result: VerifyResult) -> str | None:
 
 
 def stored_snapshot(row: Mapping[str, Any]) -> bytes:
-    """The decompressed input snapshot of ``row``, checked; VerifyError says why not."""
-    blob = row.get("inputs_snapshot")
-    if blob is None:
+    """The decompressed input snapshot of ``row``, checked; VerifyError says why not.
+
+    The snapshot is inline (rows older than revision 0010) or shared and maybe encrypted
+    (``protection.snapshots``): an absent or destroyed key is a VerifyError naming it.
+    """
+    # Imported here: this function is the only part of replay that knows about protection.
+    from otel_lineage.protection.snapshots import (
+        SnapshotUnreadableError,
+        has_snapshot,
+        snapshot_blob,
+    )
+
+    if not has_snapshot(row):
         why = f"pruned at {row['pruned_at']}" if row.get("pruned_at") else "never captured"
         raise VerifyError(
             f"report {row['report_generation_id']} has no stored input snapshot ({why})"
         )
     try:
-        data = decompress(bytes(blob), row.get("inputs_codec") or "zstd")
+        blob, codec = snapshot_blob(row)
+    except SnapshotUnreadableError as exc:
+        raise VerifyError(str(exc)) from None
+    try:
+        data = decompress(blob, codec)
     except Exception as exc:
         raise VerifyError(
             f"the stored input snapshot of report {row['report_generation_id']} is corrupt: "

@@ -43,6 +43,9 @@ from otel_lineage.delivery.outbox import OutboxHandOff
 from otel_lineage.delivery.stats import LineageStats
 from otel_lineage.delivery.store import LineageStore
 from otel_lineage.delivery.writer import BackgroundWriter
+from otel_lineage.evidence.seals import SealSettings, writer_sealer
+from otel_lineage.protection.keys import keyring_from_env
+from otel_lineage.protection.snapshots import SnapshotStore
 from otel_lineage.settings import MEMORY_OUTBOX, LineageConfigError, LineageSettings
 from otel_lineage.startup.detachable import DetachableTracerProvider
 
@@ -196,18 +199,30 @@ def attach(
         raise LineageStartError("lineage is already attached to this tracer provider")
     check_sampler_env()
     _check_sampler(provider.sampler)
+    seals = SealSettings.from_env()  # a bad value or key file fails the start, named
     if exporting is None:
         exporting = _exporter_names() != set()
     service = provider.resource.attributes.get("service.name")
+    # The key file is read and checked here, before any report: a bad one stops the start
+    # (one line naming OTEL_LINEAGE_SNAPSHOT_KEY_FILE) rather than storing snapshots in clear.
+    snapshots = SnapshotStore(keyring_from_env())
     store = LineageStore(
         create_lineage_engine(
             settings.database_url, statement_timeout_s=WRITER_STATEMENT_TIMEOUT_S
         ),
         service_name=str(service) if service else None,
+        snapshots=snapshots,
     )
     stats = LineageStats()
     handoff, outbox_problem = make_handoff(settings)
-    writer = BackgroundWriter(handoff, store, stats, batch_size=settings.batch_size)
+    writer = BackgroundWriter(
+        handoff,
+        store,
+        stats,
+        batch_size=settings.batch_size,
+        sealer=writer_sealer(store.engine, seals.signer) if seals.every_s else None,
+        seal_every_s=seals.every_s,
+    )
     processor = LineageSpanProcessor(
         handoff,
         writer,

@@ -8,6 +8,7 @@ The PDF served is only ever the file the row records, resolved inside the report
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
@@ -21,6 +22,7 @@ from sqlalchemy import Engine
 
 from otel_lineage.delivery.outbox import open_reports, pending_generation_ids
 from otel_lineage.delivery.store import untraced
+from otel_lineage.protection.snapshots import has_snapshot
 from otel_lineage.reading.query import (
     AmbiguousIdError,
     attempts_of,
@@ -98,7 +100,7 @@ def logged_read(
 
 def snapshot(row: dict[str, Any]) -> bytes:
     """The input snapshot exactly as recorded, checked against its sha256."""
-    if row.get("inputs_snapshot") is None:
+    if not has_snapshot(row):
         why = "pruned by retention" if row.get("pruned_at") else "never captured"
         raise ApiError(404, "inputs_not_stored", f"this report's input snapshot is {why}")
     try:
@@ -158,22 +160,42 @@ def download_name(row: dict[str, Any], suffix: str) -> str:
     return f"{_UNSAFE_NAME.sub('_', stem)[:150]}{suffix}"
 
 
+def has_output(engine: Engine, sha256: str) -> bool:
+    """Whether some lineage row's PDF has ``sha256`` (an exact copy: nothing to parse)."""
+    with untraced(), engine.connect() as conn:
+        return bool(read_rows_by_output(conn, sha256))
+
+
 def identify_rows(
-    engine: Engine, user: Principal, origin: Requester, sha256: str
-) -> list[dict[str, Any]]:
-    """The rows whose PDF has ``sha256``, with the lookup logged in the same transaction."""
+    engine: Engine, user: Principal, origin: Requester, sha256: str, named_id: str | None = None
+) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+    """The rows whose PDF has ``sha256``, else the row of the report a modified copy names
+    (``named_id``, exact ids only), with the lookup logged in the same transaction."""
     with untraced(), engine.begin() as conn:
         rows = read_rows_by_output(conn, sha256)
+        copy_of = None
+        if not rows and named_id is not None:
+            with contextlib.suppress(LookupError):
+                found = read_row(conn, named_id)
+                if found["report_generation_id"] == named_id:
+                    copy_of = public_row(found)
+        if rows:
+            detail = f"sha256 {sha256}; {len(rows)} match(es)"
+        elif copy_of is not None:
+            detail = f"sha256 {sha256}; modified copy of {named_id}"
+        else:
+            detail = f"sha256 {sha256}; 0 match(es)"
+        single = str(rows[0]["report_generation_id"]) if len(rows) == 1 else None
         log_access(
             conn,
             user,
             origin,
             "identify",
-            outcome="allowed" if rows else "not_found",
-            report_id=str(rows[0]["report_generation_id"]) if len(rows) == 1 else None,
-            detail=f"sha256 {sha256}; {len(rows)} match(es)",
+            outcome="allowed" if rows or copy_of else "not_found",
+            report_id=single or (named_id if copy_of else None),
+            detail=detail,
         )
-    return rows
+    return rows, copy_of
 
 
 def report_detail(engine: Engine, row: dict[str, Any], settings: WebSettings) -> dict[str, Any]:

@@ -8,6 +8,7 @@ the access log are logged through ``actions`` in the transaction that serves the
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -28,6 +29,7 @@ from otel_lineage.access.log import list_access
 from otel_lineage.access.roles import Permission, Role
 from otel_lineage.delivery.store import untraced
 from otel_lineage.reading.exports import TraceUnavailableError, span_tree, to_jaeger, to_otlp_json
+from otel_lineage.reading.identify import embedded_lineage
 from otel_lineage.reading.openlineage import run_events
 from otel_lineage.reading.query import ListFilter, generations_by_pdf, list_rows, step_stats
 from otel_lineage.reading.retention import MAX_AGE_DAYS, prune
@@ -273,15 +275,22 @@ async def identify(
     origin: RequesterDep,
     user: Identifier,
 ) -> dict[str, Any]:
-    digest = await pdf_digest(file, settings.max_upload_bytes)
-    return await run_in_threadpool(identify_digest, engine, reports, user, origin, digest)
+    upload = await read_pdf(file, settings.max_upload_bytes)
+    return await run_in_threadpool(identify_upload, engine, reports, user, origin, upload)
 
 
-async def pdf_digest(file: UploadFile, limit: int) -> str:
-    """The sha256 of an uploaded PDF, hashed in chunks; refuses non-PDFs and oversize files."""
+@dataclass(frozen=True, slots=True)
+class UploadedPDF:
+    sha256: str
+    data: bytes
+
+
+async def read_pdf(file: UploadFile, limit: int) -> UploadedPDF:
+    """An uploaded PDF, hashed as it is read in chunks; refuses non-PDFs and oversize files."""
     if file.size is not None and file.size > limit:
         raise ApiError(413, "too_large", f"the file is larger than {limit} bytes")
     digest = hashlib.sha256()
+    chunks: list[bytes] = []
     read = 0
     while chunk := await file.read(_CHUNK):
         if read == 0 and not chunk.startswith(b"%PDF-"):
@@ -290,17 +299,31 @@ async def pdf_digest(file: UploadFile, limit: int) -> str:
         if read > limit:
             raise ApiError(413, "too_large", f"the file is larger than {limit} bytes")
         digest.update(chunk)
+        chunks.append(chunk)
     if read == 0:
         raise ApiError(415, "not_a_pdf", "the file is empty: not a PDF")
-    return digest.hexdigest()
+    return UploadedPDF(digest.hexdigest(), b"".join(chunks))
 
 
-def identify_digest(
-    engine: Any, reports: Any, user: Principal, origin: Any, digest: str
+def identify_upload(
+    engine: Any, reports: Any, user: Principal, origin: Any, upload: UploadedPDF
 ) -> dict[str, Any]:
-    rows = actions.identify_rows(engine, user, origin, digest)
-    without = [] if rows else generations_by_pdf(reports, digest)
-    return {"sha256": digest, "matches": rows, "generations_without_lineage": without}
+    """Exact copies by sha256; else the report a modified copy names (see ``identify``)."""
+    digest = upload.sha256
+    named = None
+    if not actions.has_output(engine, digest):
+        named = embedded_lineage(upload.data)
+    rows, copy_of = actions.identify_rows(
+        engine, user, origin, digest, named.report_id if named else None
+    )
+    without = [] if rows or copy_of else generations_by_pdf(reports, digest)
+    return {
+        "sha256": digest,
+        "matches": rows,
+        "modified_copy_of": copy_of,
+        "embedded": named.as_dict() if named else None,
+        "generations_without_lineage": without,
+    }
 
 
 @router.get("/stats", summary="Per template version: count, failure rate, p50/p95 per step")

@@ -272,10 +272,10 @@ async def identify_page(
 ) -> Response:
     check_csrf(request, settings, csrf_token)
     try:
-        digest = await api.pdf_digest(file, settings.max_upload_bytes)
+        upload = await api.read_pdf(file, settings.max_upload_bytes)
     except ApiError as exc:
         return render(request, "identify.html.j2", user, {"error": exc}, status=exc.status)
-    answer = await run_in_threadpool(api.identify_digest, engine, reports, user, origin, digest)
+    answer = await run_in_threadpool(api.identify_upload, engine, reports, user, origin, upload)
     return render(request, "identify.html.j2", user, {"answer": answer, "error": None})
 
 

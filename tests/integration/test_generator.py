@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from d6_reports import telemetry as t
 from d6_reports.generator import GenerationOptions, ReportGenerator
 from d6_reports.models import Business, Finding, ReportGeneration
+from d6_reports.pdf import PDFConverter
 from d6_reports.templates import TEMPLATES_DIR, TemplateRegistry
 
 
@@ -226,11 +227,36 @@ async def test_broken_templates_and_weasyprint_failures_leave_failed_rows(
 async def test_same_inputs_and_version_give_identical_pdfs(
     generator: ReportGenerator, business_ids: list[int]
 ) -> None:
-    first = await generator.generate_report(business_ids[2])
-    second = await generator.generate_report(business_ids[2])
+    """Versions from before PDFs named their report: byte-identical across generations."""
+    before = GenerationOptions("audit_report", "2.0.1")
+    first = await generator.generate_report(business_ids[2], before)
+    second = await generator.generate_report(business_ids[2], before)
     assert first.generation_id != second.generation_id
     assert first.pdf_sha256 == second.pdf_sha256
     assert first.pdf_path and second.pdf_path and first.pdf_path != second.pdf_path
+
+
+async def test_a_pdf_that_names_its_report_is_identical_for_the_same_generation(
+    generator: ReportGenerator, sessions: sessionmaker[Session], business_ids: list[int]
+) -> None:
+    """The current versions print the generation id: two generations differ by that only,
+    and a re-render of one generation (what ``verify`` does) is byte-identical."""
+    first = await generator.generate_report(business_ids[2])
+    second = await generator.generate_report(business_ids[2])
+    assert first.pdf_sha256 != second.pdf_sha256
+    from d6_reports.inputs import load_inputs
+
+    with sessions() as session:
+        snapshot = load_inputs(session, business_ids[2])
+    template = generator.registry.resolve("audit_report")
+    html = generator.registry.render_report(
+        template,
+        snapshot.decode(),
+        generation_id=first.generation_id,
+        inputs_sha256=snapshot.sha256,
+    )
+    again = PDFConverter().convert(html, asset_root=template.directory)
+    assert again.sha256 == first.pdf_sha256
 
 
 async def test_hostile_strings_render_as_text(
@@ -249,7 +275,12 @@ async def test_hostile_strings_render_as_text(
         from d6_reports.inputs import load_inputs
 
         snapshot = load_inputs(session, business_ids[0])
-    html = generator.registry.render(template, snapshot.decode())
+    html = generator.registry.render_report(
+        template,
+        snapshot.decode(),
+        generation_id=result.generation_id,
+        inputs_sha256=snapshot.sha256,
+    )
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
     assert "{{ 7*7 }}" in html and "49" not in html.split("<body>")[1].split("</h1>")[0]
     assert long_text not in html  # long evidence is shown as an excerpt

@@ -19,7 +19,8 @@ from d6_reports.models import ReportGeneration
 from d6_reports.templates import TemplateRegistry
 from otel_lineage.cli import app as lineage_cli
 from otel_lineage.delivery.schema import report_lineage
-from otel_lineage.record import decompress
+from otel_lineage.reading.query import get_row
+from otel_lineage.reading.verify import stored_snapshot
 from tests.lineage_support import lineage_pipeline, lineage_rows, make_generator
 
 SUMMARY = GenerationOptions("summary")
@@ -85,7 +86,7 @@ def test_lineage_with_report_generator(
     assert row["output_bytes"] == len(pdf)
     assert row["output_pages"] == result.pages and result.pages and result.pages >= 5
     assert row["output_uri"] == result.pdf_path.resolve().as_uri()
-    snapshot = decompress(bytes(row["inputs_snapshot"]), str(row["inputs_codec"]))  # type: ignore[arg-type]
+    snapshot = stored_snapshot(get_row(engine, result.generation_id))
     assert hashlib.sha256(snapshot).hexdigest() == row["inputs_sha256"]
     assert len(snapshot) == row["inputs_bytes"]
     assert b'"schema":"d6.report-inputs/1"' in snapshot

@@ -28,6 +28,7 @@ import otel_lineage
 from d6_reports.generator import GenerationOptions, ReportGenerator
 from d6_reports.models import ReportGeneration
 from d6_reports.templates import TemplateRegistry
+from otel_lineage.protection.snapshots import has_snapshot, snapshot_blob
 from otel_lineage.reading.openlineage import (
     EmitError,
     EmitURLError,
@@ -228,8 +229,7 @@ def _problems(
         yield f"{case.label}: ReportGeneration.error_message {generation.error_message!r}"
     if (case.marker in str(row["error_message"] or "")) is not quoted:
         yield f"{case.label}: report_lineage.error_message {row['error_message']!r}"
-    snapshot = row["inputs_snapshot"]
-    kept = snapshot is not None and case.marker.encode() in decompress(bytes(snapshot))
+    kept = has_snapshot(row) and case.marker.encode() in decompress(*snapshot_blob(row))
     if kept is not (case.failure in SNAPSHOT_KEPT):
         yield f"{case.label}: snapshot {'kept' if kept else 'missing'}"
 

@@ -17,10 +17,24 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-STAGES = ("capture", "delivery", "reading", "startup", "cli", "web", "access")
-#: What each part of otel_lineage must never import.
+STAGES = (
+    "capture",
+    "delivery",
+    "reading",
+    "startup",
+    "cli",
+    "web",
+    "access",
+    "protection",
+    "evidence",
+)
+#: What each part of otel_lineage must never import. ``protection`` (snapshot dedup and
+#: encryption) sits beside ``delivery``: the store files snapshots through it, and it reads the
+#: tables' definitions. ``evidence`` (seals) reads and writes rows through ``delivery`` only.
 FORBIDDEN = {
-    "delivery": ("capture", "reading", "startup", "cli", "web", "access"),
+    "delivery": ("capture", "reading", "startup", "cli", "web", "access", "evidence"),
+    "protection": ("capture", "reading", "startup", "cli", "web", "access", "evidence"),
+    "evidence": ("capture", "reading", "startup", "cli", "web", "access", "protection"),
     "capture": ("reading", "startup", "cli", "web", "access"),
     "reading": ("capture", "startup", "cli", "web", "access"),
     "access": ("capture", "reading", "startup", "cli", "web"),

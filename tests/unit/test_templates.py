@@ -46,10 +46,10 @@ def test_content_hash_covers_every_file_and_path(tmp_path: Path) -> None:
 def test_latest_is_newest_released_not_newest_installed(tmp_path: Path) -> None:
     root = tmp_path / "templates"
     shutil.copytree(TEMPLATES_DIR, root)
-    shutil.copytree(root / "audit_report" / "2.0.1", root / "audit_report" / "10.0.0")
+    shutil.copytree(root / "audit_report" / "2.1.0", root / "audit_report" / "10.0.0")
     registry = TemplateRegistry(root)
-    assert registry.versions("audit_report") == ["1.0.0", "2.0.0", "2.0.1", "10.0.0"]
-    assert registry.resolve("audit_report").version == "2.0.1"
+    assert registry.versions("audit_report") == ["1.0.0", "2.0.0", "2.0.1", "2.1.0", "10.0.0"]
+    assert registry.resolve("audit_report").version == "2.1.0"
     unreleased = registry.resolve("audit_report", "10.0.0")
     assert not unreleased.released
 
@@ -57,7 +57,7 @@ def test_latest_is_newest_released_not_newest_installed(tmp_path: Path) -> None:
 def test_unknown_template_and_version_are_precise() -> None:
     registry = TemplateRegistry()
     with pytest.raises(
-        TemplateNotFoundError, match=r"no version '9\.9\.9'.*1\.0\.0, 2\.0\.0, 2\.0\.1"
+        TemplateNotFoundError, match=r"no version '9\.9\.9'.*1\.0\.0, 2\.0\.0, 2\.0\.1, 2\.1\.0"
     ):
         registry.resolve("audit_report", "9.9.9")
     with pytest.raises(TemplateNotFoundError, match="no released version"):
@@ -121,7 +121,10 @@ def test_latest_versions_label_categories_properly(name: str) -> None:
     engine.dispose()
     registry = TemplateRegistry()
     template = registry.resolve(name)
-    assert template.version == {"audit_report": "2.0.1", "summary": "1.0.1"}[name]
-    html = "".join(registry.render(template, context) for context in contexts)
+    assert template.version == {"audit_report": "2.1.0", "summary": "1.1.0"}[name]
+    html = "".join(
+        registry.render_report(template, context, generation_id="g", inputs_sha256="0" * 64)
+        for context in contexts
+    )
     assert ">SEO<" in html and ">Best Practices<" in html
     assert "Seo" not in html and ">seo<" not in html and "best practices" not in html

@@ -4,8 +4,10 @@ rows each logged action writes (denied attempts included)."""
 from __future__ import annotations
 
 import hashlib
+import io
 
 import orjson
+import pypdf
 import pytest
 from fastapi.testclient import TestClient
 
@@ -283,3 +285,26 @@ def test_a_report_run_twice_answers_with_its_completed_attempt(
         "failed",
         "abandoned",
     )
+
+
+def test_a_modified_copy_is_identified_by_the_report_it_names(
+    site: Site, client: TestClient
+) -> None:
+    rid = site.report_ids[0]
+    writer = pypdf.PdfWriter()  # another program's PDF that kept the report's Info entry
+    writer.add_blank_page(width=595, height=842)
+    writer.add_metadata({"/D6ReportId": rid, "/Producer": "an editor"})
+    copy = io.BytesIO()
+    writer.write(copy)
+    answer = client.post(
+        "/api/v1/identify",
+        files={"file": ("copy.pdf", copy.getvalue(), "application/pdf")},
+        headers=site.auth("support"),
+    ).json()
+    assert answer["matches"] == []
+    assert answer["modified_copy_of"]["report_generation_id"] == rid
+    assert "inputs_snapshot" not in answer["modified_copy_of"]
+    assert answer["embedded"]["where"] == "document information"
+    entry = site.access_rows()[0]
+    assert (entry["action"], entry["outcome"], entry["report_id"]) == ("identify", "allowed", rid)
+    assert entry["detail"].endswith(f"modified copy of {rid}")

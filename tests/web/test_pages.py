@@ -3,14 +3,19 @@ SQLite and PostgreSQL: ids, roles, forms that work as plain HTML, hostile data a
 
 from __future__ import annotations
 
+import io
 import re
 
+import pypdf
 from fastapi.testclient import TestClient
 from sqlalchemy import update
 
+from d6_reports.templates import TemplateRegistry
 from otel_lineage.delivery.schema import report_lineage
 from otel_lineage.web.security import CSRF_COOKIE
 from tests.web.api_support import HOSTILE_NAME, Site, client, site
+
+LATEST_SUMMARY = TemplateRegistry().resolve("summary").version
 
 __all__ = ["client", "site"]  # fixtures
 
@@ -83,7 +88,7 @@ def test_report_page_for_support_and_auditor(site: Site) -> None:
         assert '<span id="business-name">&lt;img src=x onerror=alert(1)&gt;</span>' in page
         assert HOSTILE_NAME not in page
         assert '<svg id="waterfall"' in page and page.count('class="step step-') >= 4
-        assert 'id="template-version">1.0.1<' in page
+        assert f'id="template-version">{LATEST_SUMMARY}<' in page
         assert 'id="download-pdf"' in page and 'id="download-trace"' in page
         assert 'id="download-inputs"' not in page and 'id="verify-form"' not in page
         assert 'id="open-jaeger"' not in page  # not exported, no Jaeger URL
@@ -130,6 +135,19 @@ def test_identify_page_answers_in_identify_result(site: Site) -> None:
             files={"file": ("sent.pdf", b"GIF89a", "image/gif")},
         )
         assert wrong.status_code == 415 and 'id="identify-result"' in wrong.text
+        writer = pypdf.PdfWriter()  # a modified copy that kept the report's Info entry
+        writer.add_blank_page(width=595, height=842)
+        writer.add_metadata({"/D6ReportId": site.report_ids[0]})
+        copy = io.BytesIO()
+        writer.write(copy)
+        modified = browser.post(
+            "/identify",
+            data={"csrf_token": token},
+            files={"file": ("copy.pdf", copy.getvalue(), "application/pdf")},
+        )
+        assert 'class="identify-modified"' in modified.text
+        assert f'href="/reports/{site.report_ids[0]}"' in modified.text
+        assert "document information" in modified.text
 
 
 def test_stats_audit_docs_and_the_jaeger_link(site: Site) -> None:
