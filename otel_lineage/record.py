@@ -11,6 +11,7 @@ import dataclasses
 import re
 import struct
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -59,10 +60,35 @@ def compress(data: bytes) -> bytes:
     return compressor.compress(data)
 
 
-def decompress(data: bytes, codec: str = CODEC) -> bytes:
+#: Largest snapshot a reader decompresses when the row records no size (the generator's own
+#: limit, D6_MAX_SNAPSHOT_BYTES, is far below).
+MAX_SNAPSHOT_BYTES = 256 << 20
+
+
+def snapshot_size_limit(row: Mapping[str, Any]) -> int:
+    """How many bytes a row's snapshot may decompress to: the size it recorded."""
+    recorded = row.get("inputs_bytes")
+    if isinstance(recorded, int) and 0 <= recorded <= MAX_SNAPSHOT_BYTES:
+        return recorded
+    return MAX_SNAPSHOT_BYTES
+
+
+def decompress(data: bytes, codec: str = CODEC, *, max_bytes: int | None = None) -> bytes:
+    """``data`` decompressed; refused (ValueError) beyond ``max_bytes`` when given.
+
+    A stored blob may have been tampered with into a decompression bomb: readers pass the size
+    the row recorded, so one edited frame cannot exhaust memory (the frame's declared size is
+    checked before anything is allocated).
+    """
     if codec != CODEC:
         raise ValueError(f"unknown codec {codec!r}")
-    return zstandard.ZstdDecompressor().decompress(data)
+    if max_bytes is None:
+        return zstandard.ZstdDecompressor().decompress(data)
+    declared = zstandard.frame_content_size(data)
+    if declared > max_bytes:
+        raise ValueError(f"the frame declares {declared} bytes, more than the {max_bytes} expected")
+    # Without a declared size, the output buffer is max_bytes: more is an error, not growth.
+    return zstandard.ZstdDecompressor().decompress(data, max_output_size=max(max_bytes, 1))
 
 
 @dataclass(slots=True)

@@ -11,6 +11,7 @@ file, and gives up on a database that does not answer within ``--db-timeout`` se
 from __future__ import annotations
 
 import hashlib
+import os
 import stat
 import sys
 import time
@@ -18,7 +19,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib.metadata import version as package_version
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, BinaryIO
 
 import orjson
 import typer
@@ -75,7 +76,7 @@ from otel_lineage.reading.query import (
     step_stats,
 )
 from otel_lineage.reading.retention import MAX_AGE_DAYS, prune
-from otel_lineage.reading.verify import VerifyError, stored_snapshot, verify
+from otel_lineage.reading.verify import VerifyError, readable_renderer, stored_snapshot, verify
 from otel_lineage.settings import MEMORY_OUTBOX, LineageSettings
 
 app = typer.Typer(
@@ -424,7 +425,7 @@ def show(
         ("started", row["started_at"]),
         ("duration", f"{row['duration_ms']} ms, {row['span_count']} spans"),
         ("service", f"{row['service_name']} {row['service_version'] or ''}"),
-        ("renderer", _renderer_line(row.get("renderer"))),
+        ("renderer", _renderer_line(readable_renderer(row.get("renderer")))),
     ):
         summary.add_row(label, text(value))
     console.print(summary)
@@ -669,11 +670,13 @@ def identify(
         console.print(
             text(
                 f"modified copy of report {copy_of['report_generation_id']}: bytes differ from "
-                f"the original (sha256 {digest}, the original's {copy_of['output_sha256']}; "
-                f"the id was read from the PDF's {SOURCES[named.source]})"
+                f"the original (sha256 {digest}, the original's {copy_of['output_sha256']}); "
+                f"the report id is what the PDF's {SOURCES[named.source]} claims, not a proof"
             )
         )
         console.print(text(f"  {_described(copy_of)}"))
+        for claim in _disagreements(named, copy_of):
+            console.print(text(f"  WARNING: {claim}"), style="yellow")
     for generation in without if not json else []:
         console.print(
             text(
@@ -689,7 +692,7 @@ def identify(
     if named is not None and not without:
         raise CliError(
             f"the PDF names report {named.report_id} (in its {SOURCES[named.source]}), but no "
-            f"lineage row has that id, and no report produced sha256 {digest}",
+            f"report of that id produced a PDF, and none produced sha256 {digest}",
             1,
         )
     if not without:
@@ -698,12 +701,30 @@ def identify(
 
 
 def _modified_copy_of(named: EmbeddedLineage) -> dict[str, Any] | None:
-    """The lineage row of the report a modified copy names (its exact id only, no prefix)."""
+    """The lineage row of the report a modified copy names (its exact id only, no prefix),
+    when that report made a PDF: a failed report's id in a file is a forgery."""
     try:
         row = get_row(_engine("lineage"), named.report_id)
     except LookupError:
         return None
-    return _identity(row) if row["report_generation_id"] == named.report_id else None
+    if row["report_generation_id"] != named.report_id or not row.get("output_sha256"):
+        return None
+    return _identity(row)
+
+
+def _disagreements(named: EmbeddedLineage, row: dict[str, Any]) -> list[str]:
+    """What else the file claims that the lineage row contradicts."""
+    found = []
+    if named.template is not None and named.template != _template(row):
+        found.append(
+            f"the file claims template {named.template!r}; the report used {_template(row)}"
+        )
+    if named.inputs_sha256 is not None and named.inputs_sha256 != row.get("inputs_sha256"):
+        found.append(
+            f"the file claims inputs sha256 {named.inputs_sha256}; the report's was "
+            f"{row.get('inputs_sha256')}"
+        )
+    return found
 
 
 def _identity(row: dict[str, Any]) -> dict[str, Any]:
@@ -721,11 +742,21 @@ def _described(row: dict[str, Any]) -> str:
 
 def _read_pdf(pdf: Path) -> tuple[str, bytes]:
     """The sha256 of a PDF file, read once in chunks, and its bytes when small enough to parse
-    (``MAX_PARSED_BYTES``). Refuses devices, directories, huge files and non-PDFs."""
+    (``MAX_PARSED_BYTES``). Refuses devices, directories, huge files and non-PDFs.
+
+    The file is opened without blocking and checked through its descriptor, so a FIFO swapped
+    in after a check by name cannot hang the command.
+    """
     try:
-        info = pdf.stat()
+        fd = os.open(pdf, os.O_RDONLY | os.O_NONBLOCK)
     except OSError as exc:
         raise CliError(f"cannot read {pdf}: {exc.strerror}", 1) from exc
+    with open(fd, "rb") as handle:
+        return _read_open_pdf(pdf, handle)
+
+
+def _read_open_pdf(pdf: Path, handle: BinaryIO) -> tuple[str, bytes]:
+    info = os.fstat(handle.fileno())
     if not stat.S_ISREG(info.st_mode):
         raise CliError(f"{pdf} is not a regular file")
     if info.st_size > MAX_PDF_BYTES:
@@ -734,18 +765,17 @@ def _read_pdf(pdf: Path) -> tuple[str, bytes]:
     kept: list[bytes] | None = [] if info.st_size <= MAX_PARSED_BYTES else None
     read = 0
     try:
-        with open(pdf, "rb") as handle:
-            while chunk := handle.read(_CHUNK):
-                if read == 0 and not chunk.startswith(b"%PDF-"):
-                    raise CliError(f"{pdf} is not a PDF (it does not start with %PDF-)", 1)
-                read += len(chunk)
-                if read > MAX_PDF_BYTES:  # grew while we read it
-                    raise CliError(f"{pdf} is larger than {MAX_PDF_BYTES >> 20} MiB")
-                digest.update(chunk)
-                if kept is not None:
-                    kept.append(chunk)
-                    if read > MAX_PARSED_BYTES:
-                        kept = None
+        while chunk := handle.read(_CHUNK):
+            if read == 0 and not chunk.startswith(b"%PDF-"):
+                raise CliError(f"{pdf} is not a PDF (it does not start with %PDF-)", 1)
+            read += len(chunk)
+            if read > MAX_PDF_BYTES:  # grew while we read it
+                raise CliError(f"{pdf} is larger than {MAX_PDF_BYTES >> 20} MiB")
+            digest.update(chunk)
+            if kept is not None:
+                kept.append(chunk)
+                if read > MAX_PARSED_BYTES:
+                    kept = None
     except OSError as exc:
         raise CliError(f"cannot read {pdf}: {exc.strerror}", 1) from exc
     if read == 0:

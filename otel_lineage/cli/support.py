@@ -11,6 +11,7 @@ parsed as Rich markup).
 from __future__ import annotations
 
 import os
+import re
 import stat
 import sys
 from collections.abc import Sequence
@@ -50,9 +51,19 @@ class CliError(Exception):
         self.exit_code = exit_code
 
 
+#: Control characters (but tab and newline), DEL and C1: a file name or a stored value holding
+#: them could drive the user's terminal (retitle it, clear it), so they are shown as escapes.
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def visible(value: str) -> str:
+    """``value`` with every terminal control character shown as ``\\xNN``."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", value)
+
+
 def one_line(message: object) -> str:
     """``message`` on one line (a multi-line database error would break the contract)."""
-    return " ".join(str(message).split())
+    return visible(" ".join(str(message).split()))
 
 
 def fail(message: str, exit_code: int = USAGE) -> None:
@@ -64,7 +75,7 @@ def fail(message: str, exit_code: int = USAGE) -> None:
 
 def text(value: object) -> Text:
     """A displayed value, never interpreted as Rich markup."""
-    return Text("-" if value is None else str(value))
+    return Text("-" if value is None else visible(str(value)))
 
 
 def esc(value: object) -> str:

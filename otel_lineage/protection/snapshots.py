@@ -26,6 +26,7 @@ The snapshot never appears in a message; only ids, digests and dates do.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -38,6 +39,7 @@ from sqlalchemy import Connection, Engine, bindparam, delete, func, select, text
 
 from otel_lineage.delivery.schema import lineage_business_keys, lineage_snapshots, report_lineage
 from otel_lineage.protection.keys import (
+    KEY_FILE_VARIABLE,
     NONCE_BYTES,
     BusinessKey,
     Keyring,
@@ -48,8 +50,10 @@ from otel_lineage.protection.keys import (
     load_business_keys,
     open_data_key,
 )
+from otel_lineage.ratelimit import RateLimitedLogger
 from otel_lineage.settings import LineageConfigError
 
+_log = RateLimitedLogger(logging.getLogger(__name__))
 PLAIN_CODEC = "zstd"
 ENCRYPTED_CODEC = "zstd+aes-256-gcm"
 #: The key ``attach`` adds to a row read by ``read_row`` (never shown: ``public_row`` drops it).
@@ -87,6 +91,24 @@ class SnapshotStore:
     def __init__(self, keyring: Keyring | None) -> None:
         self.keyring = keyring
         self._ciphers: dict[str, AESGCM] = {}
+        self._encrypting_db = False  # seen a live business key while this store had no keyring
+
+    def _encryption_on(self, conn: Connection) -> bool:
+        """Whether this database encrypts snapshots (a live business key exists), for a writer
+        without a key file: it must then not store any snapshot in clear. Once seen, it stays
+        on (keys are only ever destroyed one business at a time)."""
+        if not self._encrypting_db:
+            live = select(lineage_business_keys.c.business_id).where(
+                lineage_business_keys.c.wrapped_key.is_not(None)
+            )
+            self._encrypting_db = conn.execute(live.limit(1)).first() is not None
+            if self._encrypting_db:
+                _log.warning(
+                    "the lineage database encrypts input snapshots but %s is not set here: "
+                    "snapshots are stored without their content until it is",
+                    KEY_FILE_VARIABLE,
+                )
+        return self._encrypting_db
 
     def prepare(self, conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
         """Store the snapshots of ``rows`` (``report_lineage`` values) and clear them there."""
@@ -99,6 +121,10 @@ class SnapshotStore:
             elif self.keyring is not None:
                 _drop(row, "snapshot_not_stored:not_shareable")  # never kept in clear
         if not owned:
+            return
+        if self.keyring is None and self._encryption_on(conn):
+            for row in owned:  # never in clear where the others are encrypted
+                _drop(row, "snapshot_not_stored:key_file_not_configured")
             return
         businesses = {int(r["business_id"]) for r in owned}
         keys = load_business_keys(conn, businesses, lock=self.keyring is not None)

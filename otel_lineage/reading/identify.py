@@ -65,9 +65,16 @@ def embedded_lineage(data: bytes) -> EmbeddedLineage | None:
     logging.getLogger("pypdf").setLevel(logging.ERROR)  # hostile files make it chatty
     try:
         reader = pypdf.PdfReader(io.BytesIO(data), strict=False)
-        return _from_info(reader) or _from_xmp(reader) or _from_footer(reader)
     except Exception:  # pypdf raises many kinds on damaged or hostile files
         return None
+    for source in (_from_info, _from_xmp, _from_footer):
+        try:  # a broken source (a malformed XMP packet) must not hide the next one
+            found = source(reader)
+        except Exception:
+            continue
+        if found is not None:
+            return found
+    return None
 
 
 def _from_info(reader: object) -> EmbeddedLineage | None:

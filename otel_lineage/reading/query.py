@@ -31,7 +31,7 @@ from otel_lineage.delivery.schema import lineage_counters, report_lineage
 from otel_lineage.delivery.stats import COUNTER_NAMES
 from otel_lineage.delivery.store import untraced
 from otel_lineage.protection import snapshots
-from otel_lineage.record import decompress
+from otel_lineage.record import decompress, snapshot_size_limit
 
 _generations = table(
     "report_generation",
@@ -147,7 +147,7 @@ def inputs_summary(row: dict[str, Any]) -> dict[str, Any]:
         blob, codec = snapshots.snapshot_blob(row)
     except snapshots.SnapshotUnreadableError as exc:
         return {"stored": True, "encrypted": encrypted, "error": str(exc)}
-    data = decompress(blob, codec)
+    data = decompress(blob, codec, max_bytes=snapshot_size_limit(row))
     digest = hashlib.sha256(data).hexdigest()
     summary: dict[str, Any] = {
         "stored": True,

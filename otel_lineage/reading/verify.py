@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from otel_lineage import semconv
 from otel_lineage.reading.exports import TraceUnavailableError, span_tree
-from otel_lineage.record import decompress
+from otel_lineage.record import decompress, snapshot_size_limit
 
 if TYPE_CHECKING:
     from d6_reports.pdf import FontSubsetter
@@ -105,7 +105,7 @@ def verify(row: Mapping[str, Any]) -> VerifyResult:
     from d6_reports.templates import TemplateRegistry
 
     result = VerifyResult(str(row["report_generation_id"]))
-    result.recorded_renderer = row.get("renderer")
+    result.recorded_renderer = readable_renderer(row.get("renderer"))
     snapshot = stored_snapshot(row)
     result.checks.append(
         Check("inputs snapshot sha256", row["inputs_sha256"], hashlib.sha256(snapshot).hexdigest())
@@ -150,6 +150,24 @@ def verify(row: Mapping[str, Any]) -> VerifyResult:
     result.checks.append(Check("pdf sha256", row["output_sha256"], pdf.sha256))
     result.explanation = _explain(result)
     return result
+
+
+def readable_renderer(value: object) -> dict[str, Any] | None:
+    """A stored fingerprint in the shape readers expect, whatever the column holds: text
+    values, fonts as ``{"family", "sha256"}`` strings; None when it is not a fingerprint at all
+    (not recorded, or edited into something else)."""
+    if not isinstance(value, dict):
+        return None
+    out: dict[str, Any] = {
+        str(k): None if v is None else str(v)[:200] for k, v in value.items() if k != "fonts"
+    }
+    fonts = value.get("fonts")
+    out["fonts"] = [
+        {"family": str(f.get("family"))[:200], "sha256": str(f.get("sha256"))[:64]}
+        for f in (fonts if isinstance(fonts, list) else ())
+        if isinstance(f, dict)
+    ]
+    return out
 
 
 def renderer_differences(
@@ -261,7 +279,7 @@ def stored_snapshot(row: Mapping[str, Any]) -> bytes:
     except SnapshotUnreadableError as exc:
         raise VerifyError(str(exc)) from None
     try:
-        data = decompress(blob, codec)
+        data = decompress(blob, codec, max_bytes=snapshot_size_limit(row))
     except Exception as exc:
         raise VerifyError(
             f"the stored input snapshot of report {row['report_generation_id']} is corrupt: "

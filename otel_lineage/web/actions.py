@@ -177,7 +177,7 @@ def identify_rows(
         if not rows and named_id is not None:
             with contextlib.suppress(LookupError):
                 found = read_row(conn, named_id)
-                if found["report_generation_id"] == named_id:
+                if found["report_generation_id"] == named_id and found.get("output_sha256"):
                     copy_of = public_row(found)
         if rows:
             detail = f"sha256 {sha256}; {len(rows)} match(es)"

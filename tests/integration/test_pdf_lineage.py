@@ -212,3 +212,41 @@ def test_the_reader_and_the_writer_use_the_same_names() -> None:
         reading.INFO_INPUTS_SHA256,
     }
     assert XMP_NAMESPACE == reading.XMP_NAMESPACE
+
+
+def test_a_broken_xmp_packet_does_not_hide_the_footer(made: Made, tmp_path: Path) -> None:
+    reader = pypdf.PdfReader(io.BytesIO(_pdf(made.summary)))
+    writer = pypdf.PdfWriter()
+    for page in reader.pages:
+        writer.add_page(page)
+    broken = pypdf.generic.StreamObject()
+    broken.set_data(b"<x:xmpmeta broken")
+    writer._root_object[NameObject("/Metadata")] = writer._add_object(broken)
+    copy = io.BytesIO()
+    writer.write(copy)
+    found = reading.embedded_lineage(copy.getvalue())
+    assert found == reading.EmbeddedLineage(made.summary.generation_id, "footer")
+
+
+def test_a_file_naming_a_report_that_made_no_pdf_is_not_its_copy(
+    made: Made, tmp_path: Path, sessions: sessionmaker[Session], db_url: str, engine: Engine
+) -> None:
+    with lineage_pipeline(db_url, engine) as (lineage, _):
+        generator = make_generator(sessions, lineage, tmp_path / "pdfs")
+        failed = generator.generate_report_sync(777777, GenerationOptions("summary"))
+        generator.close()
+        assert lineage.flush(30)
+    assert not failed.success
+    writer = pypdf.PdfWriter(clone_from=pypdf.PdfReader(io.BytesIO(_pdf(made.summary))))
+    writer.add_metadata({"/D6ReportId": failed.generation_id})
+    forged = tmp_path / "forged-failed.pdf"
+    with open(forged, "wb") as handle:
+        writer.write(handle)
+    code, out = _identify(str(forged))
+    assert code == 1 and "produced a PDF" in " ".join(out.split())
+    assert "modified copy" not in out
+    # Control characters in a file name are shown, not sent to the terminal.
+    evil = tmp_path / "evil\x1b]0;pwned\x07.txt"
+    evil.write_text("not a pdf")
+    code, out = _identify(str(evil))
+    assert code == 1 and "\x1b" not in out and "\\x1b]0;pwned" in out

@@ -289,6 +289,31 @@ def test_encrypted_snapshots_leave_no_plaintext_and_read_back_only_with_the_key(
     assert emails[businesses[0]].encode() not in shown.stdout
 
 
+def test_a_writer_without_the_key_file_never_stores_clear_snapshots_where_others_are_encrypted(
+    db_url: str,
+    engine: Engine,
+    sessions: sessionmaker[Session],
+    emails: dict[int, str],
+    lineage_url: str,
+    lineage_engine: Engine,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    key_file = write_key_file(tmp_path / "master.keys", "k1")
+    monkeypatch.setenv(KEY_FILE_VARIABLE, str(key_file))
+    first, later = list(emails)[:2]
+    make_reports(db_url, engine, sessions, lineage_url, tmp_path, [first])
+    monkeypatch.delenv(KEY_FILE_VARIABLE)  # a second writer, configured without it
+    made = make_reports(db_url, engine, sessions, lineage_url, tmp_path, [first, later])
+    raw = raw_lineage_bytes(lineage_url)
+    assert not holds(raw, emails[first]) and not holds(raw, emails[later])
+    assert {s["codec"] for s in snapshot_rows(lineage_engine)} == {ENCRYPTED_CODEC}
+    for business_id in (first, later):
+        row = get_row(lineage_engine, made.first(business_id))
+        assert "snapshot_not_stored:key_file_not_configured" in row["incomplete_reasons"]
+        assert row["inputs_sha256"] is not None  # the digest is kept
+
+
 def test_plaintext_snapshots_are_deduplicated_and_found_by_the_scan(
     db_url: str,
     engine: Engine,

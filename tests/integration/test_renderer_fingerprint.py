@@ -147,3 +147,17 @@ def test_renderer_differences_cover_added_and_removed_fonts() -> None:
     ]
     assert renderer_differences(None, here) == []
     assert renderer_differences(then, {**then}) == []
+
+
+@pytest.mark.parametrize(
+    "tampered",
+    [[1, 2, 3], "a string", 42, {"fonts": None}, {"fonts": [1, {}]}, {"weasyprint": ["x"]}],
+    ids=["list", "string", "number", "null-fonts", "bad-fonts", "list-version"],
+)
+def test_an_edited_fingerprint_never_breaks_the_readers(made: Made, tampered: object) -> None:
+    report_id = made.real.generation_id
+    _set_renderer(made.engine, report_id, renderer=tampered)
+    for args in (["show", report_id], ["verify", report_id], ["verify", report_id, "--json"]):
+        done = runner.invoke(app, args)
+        assert done.exit_code in (0, 1) and "unexpected" not in done.output, (args, done.output)
+    assert runner.invoke(app, ["stats", "--by-renderer", "--json"]).exit_code == 0
