@@ -50,7 +50,7 @@ from otel_lineage.delivery.outbox import (
     pending_generation_ids,
 )
 from otel_lineage.delivery.recovery import QuarantinedItem, inspect_quarantine, mark_abandoned
-from otel_lineage.delivery.store import LineageStore
+from otel_lineage.delivery.store import LineageStore, untraced
 from otel_lineage.reading.exports import TraceUnavailableError, span_tree, to_jaeger, to_otlp_json
 from otel_lineage.reading.identify import (
     MAX_PARSED_BYTES,
@@ -72,6 +72,7 @@ from otel_lineage.reading.query import (
     latest_report_id,
     list_rows,
     public_row,
+    read_named_report,
     rows_by_output,
     step_stats,
 )
@@ -701,15 +702,10 @@ def identify(
 
 
 def _modified_copy_of(named: EmbeddedLineage) -> dict[str, Any] | None:
-    """The lineage row of the report a modified copy names (its exact id only, no prefix),
-    when that report made a PDF: a failed report's id in a file is a forgery."""
-    try:
-        row = get_row(_engine("lineage"), named.report_id)
-    except LookupError:
-        return None
-    if row["report_generation_id"] != named.report_id or not row.get("output_sha256"):
-        return None
-    return _identity(row)
+    """The lineage row of the report a modified copy names (``read_named_report``)."""
+    with untraced(), _engine("lineage").connect() as conn:
+        row = read_named_report(conn, named.report_id)
+    return None if row is None else _identity(row)
 
 
 def _disagreements(named: EmbeddedLineage, row: dict[str, Any]) -> list[str]:

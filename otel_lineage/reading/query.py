@@ -451,6 +451,19 @@ def rows_by_output(engine: Engine, sha256: str) -> list[dict[str, Any]]:
         return read_rows_by_output(conn, sha256)
 
 
+def read_named_report(conn: Connection, report_id: str) -> dict[str, Any] | None:
+    """The row of the report a modified PDF names, or None: its exact id only (a prefix in a
+    file names nobody), and only a report that made a PDF (a failed report's id in a file is
+    a forgery). One rule for the CLI's and the service's identify."""
+    try:
+        row = read_row(conn, report_id)
+    except LookupError:
+        return None
+    if row["report_generation_id"] != report_id or not row.get("output_sha256"):
+        return None
+    return row
+
+
 def read_rows_by_output(conn: Connection, sha256: str) -> list[dict[str, Any]]:
     """``rows_by_output`` on the caller's connection (the web service logs the lookup in the
     same transaction)."""

@@ -8,7 +8,6 @@ The PDF served is only ever the file the row records, resolved inside the report
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
 import re
@@ -30,6 +29,7 @@ from otel_lineage.reading.query import (
     get_row,
     inputs_summary,
     public_row,
+    read_named_report,
     read_row,
     read_rows_by_output,
 )
@@ -175,10 +175,8 @@ def identify_rows(
         rows = read_rows_by_output(conn, sha256)
         copy_of = None
         if not rows and named_id is not None:
-            with contextlib.suppress(LookupError):
-                found = read_row(conn, named_id)
-                if found["report_generation_id"] == named_id and found.get("output_sha256"):
-                    copy_of = public_row(found)
+            found = read_named_report(conn, named_id)
+            copy_of = None if found is None else public_row(found)
         if rows:
             detail = f"sha256 {sha256}; {len(rows)} match(es)"
         elif copy_of is not None:
