@@ -17,7 +17,7 @@ from multiprocessing.util import Finalize
 
 from opentelemetry import metrics, trace
 
-from d6_reports.bootstrap import start_telemetry
+from d6_reports.bootstrap import REPORT_COMMAND_UNUSED, start_telemetry
 from d6_reports.generator import GenerationOptions, GenerationResult
 from d6_reports.service import ReportService
 
@@ -110,7 +110,7 @@ def _init_worker() -> None:
     global _worker_service
     # Spawned: nothing of the parent's telemetry exists here. Bring it up like the parent did
     # (its warnings were shown by the parent already).
-    start_telemetry(warn=lambda _message: None)
+    start_telemetry(warn=lambda _message: None, unused_instrumentations=REPORT_COMMAND_UNUSED)
     _worker_service = ReportService.from_settings()
     Finalize(None, flush_telemetry, exitpriority=10)
 

@@ -31,7 +31,7 @@ from typer.core import TyperGroup
 
 from d6_reports import db
 from d6_reports.batch import BatchItem, run_batch
-from d6_reports.bootstrap import TelemetryStartError, start_telemetry
+from d6_reports.bootstrap import REPORT_COMMAND_UNUSED, TelemetryStartError, start_telemetry
 from d6_reports.config import Settings
 from d6_reports.generator import DEFAULT_TEMPLATE, GenerationOptions
 from d6_reports.models import Business, ReportGeneration
@@ -150,7 +150,7 @@ def _main(
 def _start_telemetry() -> None:
     """Bring up OpenTelemetry (and with it lineage) before anything is generated."""
     try:
-        start_telemetry()
+        start_telemetry(unused_instrumentations=REPORT_COMMAND_UNUSED)
     except TelemetryStartError as exc:
         raise CliError(str(exc)) from exc
 

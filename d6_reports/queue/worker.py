@@ -61,6 +61,8 @@ CHILD_FLUSH_TIMEOUT_S = 15.0
 CHILD_START_TIMEOUT_S = 60.0
 #: ``service.name`` of the worker's processes unless the environment names one.
 WORKER_SERVICE_NAME = "d6-reports-worker"
+#: A worker consumes Celery tasks (their spans are wanted) and serves no FastAPI app.
+_UNUSED = ("fastapi",)
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 _CHATTY_LOGGERS = ("fontTools", "weasyprint.progress")
 MAX_CONCURRENCY = 64
@@ -108,7 +110,9 @@ class _Supervision:
     def on_child_init(self, **_kwargs: Any) -> None:
         """``worker_process_init``: telemetry, then the service, or stop the worker."""
         try:
-            start_telemetry(warn=self._warn, service_name=WORKER_SERVICE_NAME)
+            start_telemetry(
+                warn=self._warn, service_name=WORKER_SERVICE_NAME, unused_instrumentations=_UNUSED
+            )
             tasks.worker_service()
         except TelemetryStartError as exc:
             reason = str(exc)
