@@ -20,8 +20,32 @@ import orjson
 import zstandard
 
 CODEC = "zstd"
+#: A blob as folded, not yet compressed: how a record travels from the report thread to the
+#: writer, which compresses it (``as_row``). Never stored in the lineage database.
+RAW_CODEC = "raw"
+#: Version of the stored span tree's compact layout (written by the fold,
+#: read by ``reading.exports.span_tree``).
+SPAN_TREE_FORMAT = 2
+#: The fields of one span in the compact layout, in order (ids as integers, enums as values).
+SPAN_FIELDS = (
+    "span_id",
+    "parent_span_id",
+    "name",
+    "kind",
+    "start_ns",
+    "end_ns",
+    "status",
+    "status_message",
+    "attributes",
+    "events",
+    "links",
+    "scope",
+    "sampled",
+)
 _HEADER = struct.Struct(">I")
-_LEVEL = 3
+#: zstd level 1: on snapshot-like JSON (5 KB to 5 MB) it compressed as small as level 3 here,
+#: at 1.5-2.1 µs/KB against 1.8-2.8 (docs/benchmarks.md); it runs on the writer thread.
+_LEVEL = 1
 
 
 _local = threading.local()
@@ -80,6 +104,10 @@ def decompress(data: bytes, codec: str = CODEC, *, max_bytes: int | None = None)
     the row recorded, so one edited frame cannot exhaust memory (the frame's declared size is
     checked before anything is allocated).
     """
+    if codec == RAW_CODEC:  # a record's blob before ``as_row`` compressed it
+        if max_bytes is not None and len(data) > max_bytes:
+            raise ValueError(f"{len(data)} bytes, more than the {max_bytes} expected")
+        return bytes(data)
     if codec != CODEC:
         raise ValueError(f"unknown codec {codec!r}")
     if max_bytes is None:
@@ -136,22 +164,30 @@ class LineageRecord:
     #: What rendered the PDF: library versions, font subsetter, embedded fonts (family and
     #: sha256 of the font file). None when the converter recorded none (and in older records).
     renderer: dict[str, Any] | None = None
+    #: Which spans of the trace were recorded: ``report`` (the report's own spans: an unsampled
+    #: trace under the default policy) or ``all``. None in records of older versions.
+    span_recording: str | None = None
 
     def as_row(self) -> dict[str, Any]:
-        """Column values for an insert (every field is a column)."""
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        """Column values for an insert (every field is a column), blobs compressed.
+
+        The fold leaves the blobs raw (``RAW_CODEC``) so that compressing them is the writer
+        thread's work, not the report's; this is where it happens.
+        """
+        row = {name: getattr(self, name) for name in _FIELDS}
+        for blob, codec in _BLOBS:
+            if row[codec] == RAW_CODEC and row[blob] is not None:
+                row[blob], row[codec] = compress(row[blob]), CODEC
+        return row
 
     def to_bytes(self) -> bytes:
-        """Compact serialisation: JSON of the scalar fields, then the two blobs, raw."""
+        """Compact serialisation: JSON of the scalar fields, then the two blobs as they are."""
         snapshot = self.inputs_snapshot or b""
-        fields_json = orjson.dumps(
-            {
-                **self.as_row(),
-                "inputs_snapshot": len(snapshot) if self.inputs_snapshot else None,
-                "span_tree": len(self.span_tree),
-            }
-        )
-        return _HEADER.pack(len(fields_json)) + fields_json + snapshot + self.span_tree
+        fields = {name: getattr(self, name) for name in _FIELDS}
+        fields["inputs_snapshot"] = len(snapshot) if self.inputs_snapshot else None
+        fields["span_tree"] = len(self.span_tree)
+        fields_json = orjson.dumps(fields)
+        return b"".join((_HEADER.pack(len(fields_json)), fields_json, snapshot, self.span_tree))
 
     @classmethod
     def from_bytes(cls, data: bytes) -> LineageRecord:
@@ -167,3 +203,8 @@ class LineageRecord:
             if values[key] is not None:
                 values[key] = datetime.fromisoformat(values[key])
         return cls(**values)
+
+
+_FIELDS = tuple(f.name for f in dataclasses.fields(LineageRecord))
+#: The blob columns and the codec column that says how each is encoded.
+_BLOBS = (("inputs_snapshot", "inputs_codec"), ("span_tree", "span_tree_codec"))

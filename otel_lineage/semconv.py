@@ -85,5 +85,15 @@ CARRIED_ATTRIBUTES: Final = (
 TRACE_STATE_KEY: Final = "lineage"
 TRACE_STATE_VALUE: Final = "1"
 
+#: Root attribute the sampler sets: which spans of this report trace are recorded, ``report``
+#: (the report's own ``report.*`` spans: an unsampled trace under the default policy) or
+#: ``all`` (a sampled trace, or ``OTEL_LINEAGE_RECORD_SPANS=all``). Stored as the row's
+#: ``span_recording``, so a short span tree is never mistaken for a lost one.
+SPAN_RECORDING: Final = "lineage.span_recording"
+SPAN_RECORDING_REPORT: Final = "report"
+SPAN_RECORDING_ALL: Final = "all"
+#: Name prefix of the report's own spans (the root and its steps).
+REPORT_SPAN_PREFIX: Final = "report."
+
 SERVICE_NAME: Final = "service.name"
 SERVICE_VERSION: Final = "service.version"

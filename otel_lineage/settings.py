@@ -23,6 +23,8 @@ from typing import TypeVar
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 
+from otel_lineage import semconv
+
 FALSE_VALUES = frozenset({"0", "false", "no", "off"})
 TRUE_VALUES = frozenset({"1", "true", "yes", "on"})
 DEFAULT_DATABASE_URL = f"sqlite:///{Path('var').resolve() / 'd6_reports.db'}"
@@ -40,6 +42,31 @@ def lineage_enabled(environ: Mapping[str, str] | None = None) -> bool:
     """The feature flag. An unrecognised value is an error, not silently "on"."""
     env = os.environ if environ is None else environ
     return parse_bool(env, "ENABLE_REPORT_LINEAGE", default=True)
+
+
+#: ``OTEL_LINEAGE_RECORD_SPANS``: which spans of an *unsampled* report trace are recorded.
+RECORD_SPANS_VAR = "OTEL_LINEAGE_RECORD_SPANS"
+SPAN_RECORDING_CHOICES = (semconv.SPAN_RECORDING_REPORT, semconv.SPAN_RECORDING_ALL)
+
+
+def span_recording(environ: Mapping[str, str] | None = None) -> str:
+    """The span-recording policy: ``report`` (default) or ``all``; anything else is an error.
+
+    ``report``: a report trace that is not exported records only its own ``report.*`` spans,
+    the ones lineage folds (library spans such as SQL would cost recording time for nothing).
+    ``all``: every span of the report trace is recorded, so the row keeps the full trace
+    offline. A sampled (exported) trace is recorded whole either way.
+    """
+    env = os.environ if environ is None else environ
+    raw = env.get(RECORD_SPANS_VAR)
+    if raw is None or not raw.strip():
+        return SPAN_RECORDING_CHOICES[0]
+    value = raw.strip().lower()
+    if value not in SPAN_RECORDING_CHOICES:
+        raise LineageConfigError(
+            f"{RECORD_SPANS_VAR}={_shown(raw)} is not valid: expected report or all"
+        )
+    return value
 
 
 def parse_bool(env: Mapping[str, str], name: str, *, default: bool) -> bool:
@@ -68,6 +95,7 @@ class LineageSettings:
     outbox_max_bytes: int
     jaeger_url: str | None
     stamp_classes: tuple[str, ...] = ("ReportGeneration",)
+    span_recording: str = SPAN_RECORDING_CHOICES[0]
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> LineageSettings:
@@ -93,6 +121,7 @@ class LineageSettings:
             ),
             jaeger_url=_http_url(env, "OTEL_LINEAGE_JAEGER_URL"),
             stamp_classes=_identifiers(env, "OTEL_LINEAGE_STAMP_CLASSES", ("ReportGeneration",)),
+            span_recording=span_recording(env),
         )
 
 

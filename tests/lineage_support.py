@@ -27,11 +27,13 @@ def lineage_pipeline(
     enabled: bool = True,
     sampler: Sampler | None = None,
     span_limits: SpanLimits | None = None,
+    span_recording: str = "report",
 ) -> Iterator[tuple[otel_lineage.Lineage, InMemorySpanExporter]]:
     """A provider exporting (sampled spans) to memory, with lineage written to ``db_url``."""
     delegate = sampler or ParentBased(TraceIdRatioBased(ratio))
     provider = TracerProvider(
-        sampler=LineageSampler(delegate) if enabled else delegate, span_limits=span_limits
+        sampler=LineageSampler(delegate, span_recording=span_recording) if enabled else delegate,
+        span_limits=span_limits,
     )
     exporter = InMemorySpanExporter()
     provider.add_span_processor(SimpleSpanProcessor(exporter))

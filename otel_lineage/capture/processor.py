@@ -46,7 +46,7 @@ from otel_lineage.ratelimit import RateLimitedLogger
 
 _log = RateLimitedLogger(logging.getLogger(__name__))
 _RECENT_CAP = 10_000
-_STEP_PREFIX = "report."
+_STEP_PREFIX = semconv.REPORT_SPAN_PREFIX
 
 
 @dataclass(slots=True)

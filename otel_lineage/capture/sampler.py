@@ -10,6 +10,14 @@ exception: a report root linked to a *sampled* span (the request that asked for 
 sampled too, whatever the ratio, so a user who follows an exported request always finds its
 report trace. Marked spans under a sampled parent are sampled, so that trace is exported whole.
 
+Which spans of a report trace are recorded follows the span-recording policy
+(``OTEL_LINEAGE_RECORD_SPANS``, ``settings.span_recording``). Under ``report`` (the default) an
+*unsampled* report trace records only the report's own ``report.*`` spans: the fold needs
+nothing else, and recording a library span (SQL, HTTP) costs the report thread about as much
+as lineage's own work on it. Under ``all``, and for every sampled trace, the whole trace is
+recorded, so the row keeps the full trace offline. The policy in force is set on the root as
+``lineage.span_recording`` and stored with the row.
+
 Every other span gets the delegate's decision untouched. With the flag off the factories return
 the delegate itself, not a wrapper.
 """
@@ -35,7 +43,7 @@ from opentelemetry.util.types import Attributes
 
 from otel_lineage import semconv
 from otel_lineage.ratelimit import RateLimitedLogger
-from otel_lineage.settings import lineage_enabled
+from otel_lineage.settings import SPAN_RECORDING_CHOICES, lineage_enabled, span_recording
 
 _log = RateLimitedLogger(logging.getLogger(__name__))
 
@@ -43,9 +51,21 @@ _log = RateLimitedLogger(logging.getLogger(__name__))
 class LineageSampler(Sampler):
     """Wraps ``delegate``; records report traces whatever it decides about exporting them."""
 
-    def __init__(self, delegate: Sampler, *, root_span_name: str = semconv.SPAN_GENERATE) -> None:
+    def __init__(
+        self,
+        delegate: Sampler,
+        *,
+        root_span_name: str = semconv.SPAN_GENERATE,
+        span_recording: str = semconv.SPAN_RECORDING_REPORT,
+    ) -> None:
+        """``span_recording``: ``report`` (an unsampled report trace records its ``report.*``
+        spans only) or ``all`` (every span of a report trace is recorded)."""
+        if span_recording not in SPAN_RECORDING_CHOICES:
+            raise ValueError(f"span_recording must be one of {SPAN_RECORDING_CHOICES}")
         self.delegate = delegate
+        self.span_recording = span_recording
         self._root_name = root_span_name
+        self._record_all = span_recording == semconv.SPAN_RECORDING_ALL
 
     def should_sample(
         self,
@@ -81,15 +101,30 @@ class LineageSampler(Sampler):
                 followed = followed or _links_a_sampled_span(links)
             if followed and result.decision is not Decision.RECORD_AND_SAMPLE:
                 # The requester (link) or the parent is exported: so is this report trace.
-                return SamplingResult(Decision.RECORD_AND_SAMPLE, attributes, state)
-            if result.decision is Decision.DROP:
+                result = SamplingResult(Decision.RECORD_AND_SAMPLE, attributes, state)
+            elif result.decision is Decision.DROP:
+                if not (self._record_all or is_root or name.startswith(semconv.REPORT_SPAN_PREFIX)):
+                    # Not exported, and lineage folds only the report's own spans: not
+                    # recorded. The mark stays, so a report span below is still recorded.
+                    return SamplingResult(Decision.DROP, None, state)
                 # A DROP result carries no attributes: the span's start attributes must be
                 # passed on, or the recorded span would start without them.
-                return SamplingResult(Decision.RECORD_ONLY, attributes, state)
-            return SamplingResult(result.decision, result.attributes, state)
+                result = SamplingResult(Decision.RECORD_ONLY, attributes, state)
+            else:
+                result = SamplingResult(result.decision, result.attributes, state)
+            if is_root:
+                return self._with_policy(result)
+            return result
         except Exception:  # a sampler must never raise into the application
             _log.exception("lineage sampler failed; using the delegate's decision")
             return result
+
+    def _with_policy(self, result: SamplingResult) -> SamplingResult:
+        """The root says which spans its trace records (a sampled trace: all of them)."""
+        whole = self._record_all or result.decision is Decision.RECORD_AND_SAMPLE
+        policy = semconv.SPAN_RECORDING_ALL if whole else semconv.SPAN_RECORDING_REPORT
+        attributes = {**(result.attributes or {}), semconv.SPAN_RECORDING: policy}
+        return SamplingResult(result.decision, attributes, result.trace_state)
 
     def get_description(self) -> str:
         return f"LineageSampler{{{self.delegate.get_description()}}}"
@@ -140,7 +175,7 @@ def sampler_from_name(name: str | None, arg: str | float | None = None) -> Sampl
         raise ValueError(f"unknown sampler {name!r}; known: {', '.join(sorted(STANDARD_SAMPLERS))}")
     delegate = STANDARD_SAMPLERS[base](arg)
     if wrapped and lineage_enabled():
-        return LineageSampler(delegate)
+        return LineageSampler(delegate, span_recording=span_recording())
     return delegate
 
 

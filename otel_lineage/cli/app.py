@@ -219,6 +219,16 @@ def _template(row: dict[str, Any]) -> str:
     return f"{row.get('template_name') or '-'} {row.get('template_version') or '-'}"
 
 
+def _recorded(row: dict[str, Any]) -> str:
+    """Which spans the count covers: the span-recording policy in force for the trace."""
+    policy = row.get("span_recording")
+    if policy == "report":
+        return " recorded (the report's own spans: an unsampled trace)"
+    if policy == "all":
+        return " recorded (all)"
+    return ""
+
+
 def _attempts_line(row: dict[str, Any], others: list[dict[str, Any]]) -> str:
     """This row's attempt and the others' (a queued task run more than once)."""
     shown = str(row["attempt"]) if row.get("attempt") is not None else "not recorded"
@@ -424,7 +434,7 @@ def show(
         ("attempt", _attempts_line(row, others)),
         ("jaeger", trace_url or "-"),
         ("started", row["started_at"]),
-        ("duration", f"{row['duration_ms']} ms, {row['span_count']} spans"),
+        ("duration", f"{row['duration_ms']} ms, {row['span_count']} spans{_recorded(row)}"),
         ("service", f"{row['service_name']} {row['service_version'] or ''}"),
         ("renderer", _renderer_line(readable_renderer(row.get("renderer")))),
     ):

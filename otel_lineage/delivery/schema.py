@@ -80,6 +80,8 @@ report_lineage = Table(
     # The snapshot is in ``lineage_snapshots`` under (business_id, inputs_sha256), stored once
     # per content and optionally encrypted; NULL on rows that keep it inline: revision 0010.
     Column("inputs_snapshot_shared", Boolean),
+    # Which spans of the trace were recorded, ``report`` or ``all``: revision 0011.
+    Column("span_recording", Text),
     Index("ix_report_lineage_report_generation_id", "report_generation_id"),
     Index("ix_report_lineage_business_started", "business_id", "started_at"),
     Index("ix_report_lineage_template_started", "template_name", "template_version", "started_at"),

@@ -113,6 +113,7 @@ UNSEALED_COLUMNS = frozenset(
         "span_tree",
         "span_tree_codec",
         "pruned_at",
+        "span_recording",  # how much of the trace the (unsealed) span tree holds
     }
 )
 #: The predecessor of seal #1.

@@ -21,11 +21,15 @@ from google.protobuf import json_format
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, ArrayValue, KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span, Status
+from opentelemetry.trace import SpanKind, StatusCode
 
-from otel_lineage.record import decompress
+from otel_lineage.record import SPAN_FIELDS, SPAN_TREE_FORMAT, decompress
 
 _KINDS = {"INTERNAL": 1, "SERVER": 2, "CLIENT": 3, "PRODUCER": 4, "CONSUMER": 5}
 _STATUS = {"UNSET": 0, "OK": 1, "ERROR": 2}
+#: The SDK's enum values in the compact span tree (``SpanKind``, ``StatusCode``).
+_KIND_NAMES = {kind.value: kind.name for kind in SpanKind}
+_STATUS_NAMES = {code.value: code.name for code in StatusCode}
 
 
 class TraceUnavailableError(LookupError):
@@ -43,7 +47,39 @@ def span_tree(row: Mapping[str, Any]) -> dict[str, Any]:
     document: dict[str, Any] = orjson.loads(
         decompress(bytes(blob), row.get("span_tree_codec") or "zstd")
     )
-    return document
+    if document.get("format") == SPAN_TREE_FORMAT:
+        return _expanded(document)
+    return document  # the first layout: one dict per span, as _expanded returns
+
+
+def _expanded(document: Mapping[str, Any]) -> dict[str, Any]:
+    """The compact layout (one array per span, ``SPAN_FIELDS``) as one dict per span."""
+    trace_id = document.get("trace_id") or ""
+    spans = []
+    for row in document.get("spans") or ():
+        span = dict(zip(SPAN_FIELDS, row, strict=True))
+        span["trace_id"] = trace_id
+        span["span_id"] = f"{span['span_id']:016x}"
+        parent = span["parent_span_id"]
+        span["parent_span_id"] = None if parent is None else f"{parent:016x}"
+        span["kind"] = _KIND_NAMES.get(span["kind"], "INTERNAL")
+        span["status"] = _STATUS_NAMES.get(span["status"], "UNSET")
+        span["events"] = [
+            {"name": name, "time_ns": time_ns, "attributes": attributes}
+            for name, time_ns, attributes in span["events"] or ()
+        ]
+        span["links"] = [
+            {"trace_id": link_trace, "span_id": f"{link_span:016x}"}
+            for link_trace, link_span in span["links"] or ()
+        ]
+        scope = span["scope"]
+        span["scope"] = None if scope is None else {"name": scope[0], "version": scope[1]}
+        spans.append(span)
+    return {
+        "resource": document.get("resource") or {},
+        "trace_state": document.get("trace_state") or "",
+        "spans": spans,
+    }
 
 
 # -- Jaeger -------------------------------------------------------------------------------------

@@ -151,7 +151,7 @@ def configure(
     owns_provider = tracer_provider is None and not set_global
     if tracer_provider is None:
         tracer_provider = TracerProvider(
-            sampler=_lineage_sampler(sampler, settings.enabled),
+            sampler=_lineage_sampler(sampler, settings.enabled, settings.span_recording),
             resource=Resource.create(),
             # A global provider is shut down at exit; a private one by Lineage.shutdown.
             shutdown_on_exit=set_global,
@@ -279,6 +279,8 @@ def check_sampler_env() -> None:
         )
     try:
         sampler_from_name(name, os.environ.get("OTEL_TRACES_SAMPLER_ARG"))
+    except LineageConfigError:
+        raise  # a lineage setting the sampler reads (OTEL_LINEAGE_RECORD_SPANS), named
     except ValueError as exc:
         raise LineageConfigError(
             f"OTEL_TRACES_SAMPLER={name} with OTEL_TRACES_SAMPLER_ARG="
@@ -325,7 +327,7 @@ def make_handoff(settings: LineageSettings) -> tuple[HandOff, str | None]:
     return box, None
 
 
-def _lineage_sampler(delegate: Sampler | None, enabled: bool) -> Sampler:
+def _lineage_sampler(delegate: Sampler | None, enabled: bool, span_recording: str) -> Sampler:
     if delegate is None:
         name = os.environ.get("OTEL_TRACES_SAMPLER")
         try:
@@ -333,7 +335,7 @@ def _lineage_sampler(delegate: Sampler | None, enabled: bool) -> Sampler:
         except ValueError as exc:
             raise LineageConfigError(f"OTEL_TRACES_SAMPLER={name!r}: {exc}") from None
     if enabled and not isinstance(delegate, LineageSampler):
-        return LineageSampler(delegate)
+        return LineageSampler(delegate, span_recording=span_recording)
     if not enabled and isinstance(delegate, LineageSampler):
         return delegate.delegate
     return delegate

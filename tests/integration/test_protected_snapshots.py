@@ -699,8 +699,10 @@ def test_downgrade_refuses_while_snapshots_are_encrypted(
             "created_at": datetime.now(UTC),
         }
         LineageStore(engine).upsert([_record(record_row)])
+        db.downgrade(db_url, "0010_protected_snapshots")  # the later revisions: no refusal
         with pytest.raises(RuntimeError, match="1 input snapshots are encrypted"):
             db.downgrade(db_url, "0009_lineage_seals")
+        db.upgrade(db_url)
         assert stored_snapshot(get_row(engine, "enc")) == snapshot
     finally:
         engine.dispose()

@@ -124,12 +124,12 @@ def test_fold_complete_record() -> None:
     assert (record.template_name, record.template_version) == ("t", "1.0.0")
     assert record.inputs_sha256 == DIGEST and record.inputs_bytes == len(SNAPSHOT)
     assert record.inputs_snapshot is not None
-    assert decompress(record.inputs_snapshot) == SNAPSHOT
+    assert decompress(record.inputs_snapshot, record.inputs_codec) == SNAPSHOT
     assert record.output_pages == 3 and record.status == "completed"
     assert [s["name"] for s in record.steps] == list(semconv.STEP_SPANS)
     assert record.input_tables == ["business", "finding"]
     assert record.span_count == 5
-    tree = decompress(record.span_tree)
+    tree = decompress(record.span_tree, record.span_tree_codec)
     assert b"report.convert_pdf" in tree and b"Acme" not in tree  # no payload in the tree
     assert LineageRecord.from_bytes(record.to_bytes()) == record
 

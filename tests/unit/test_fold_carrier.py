@@ -17,6 +17,7 @@ from opentelemetry.trace import Link, SpanContext, TraceFlags
 
 from otel_lineage import LineageRecord, LineageSampler, fold, semconv
 from otel_lineage.capture.sampler import sampler_from_name
+from otel_lineage.reading.exports import span_tree
 from otel_lineage.record import decompress
 from tests.unit.test_fold_and_processor import DIGEST, SHA, SNAPSHOT, _fold, _report, _tracer
 
@@ -61,7 +62,8 @@ def test_span_limits_never_change_what_the_carrier_says(limits: SpanLimits) -> N
     record = _fold(exporter)
     assert _identity(record) == _identity(reference)
     assert record.report_generation_id == generation_id
-    assert record.inputs_snapshot is not None and decompress(record.inputs_snapshot) == SNAPSHOT
+    assert record.inputs_snapshot is not None
+    assert decompress(record.inputs_snapshot, record.inputs_codec) == SNAPSHOT
     assert not record.complete
     # Whatever the limit cut is named, attribute by attribute.
     cut = {r.split(":", 1)[1] for r in record.incomplete_reasons if "_attribute:" in r}
@@ -188,7 +190,7 @@ def test_invalid_utf8_from_the_environment_never_fails_the_fold(
     assert record.service_version == "1.\ufffd"
     for reason in ("service_name", "service_version", "span_tree"):
         assert f"invalid_text:{reason}" in record.incomplete_reasons
-    tree = orjson.loads(decompress(record.span_tree))  # valid UTF-8 JSON
+    tree = span_tree(record.as_row())  # valid UTF-8 JSON
     assert tree["resource"]["deploy"] == "\ufffdu"
     orjson.dumps(record.as_row(), default=str)  # every field encodable
     assert LineageRecord.from_bytes(record.to_bytes()) == record
@@ -220,7 +222,7 @@ def test_nul_and_surrogates_in_span_data_are_cleaned_and_named() -> None:
     assert record.input_tables == ["business"]
     for name in ("report_generation_id", "template_name", "error_type", "steps", "input_tables"):
         assert f"invalid_text:{name}" in record.incomplete_reasons
-    assert orjson.loads(decompress(record.span_tree))["spans"][0]["attributes"]["big"] == 2**70
+    assert span_tree(record.as_row())["spans"][0]["attributes"]["big"] == 2**70
 
 
 def test_the_carried_error_message_is_cleaned_too() -> None:

@@ -6,6 +6,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.sdk.trace.sampling import (
     ALWAYS_OFF,
+    ALWAYS_ON,
     Decision,
     ParentBased,
     Sampler,
@@ -17,6 +18,7 @@ from opentelemetry.trace import Link, SpanContext, TraceFlags
 from otel_lineage import LineageSampler, semconv
 from otel_lineage.capture import sampler as sampler_module
 from otel_lineage.capture.sampler import sampler_from_name
+from otel_lineage.settings import LineageConfigError, LineageSettings
 
 
 def _provider(sampler: Sampler) -> tuple[TracerProvider, InMemorySpanExporter]:
@@ -27,13 +29,14 @@ def _provider(sampler: Sampler) -> tuple[TracerProvider, InMemorySpanExporter]:
 
 
 def test_report_trace_recorded_but_not_exported_at_ratio_zero() -> None:
-    provider, exporter = _provider(LineageSampler(ParentBased(TraceIdRatioBased(0.0))))
+    sampler = LineageSampler(ParentBased(TraceIdRatioBased(0.0)), span_recording="all")
+    provider, exporter = _provider(sampler)
     tracer = provider.get_tracer("t")
     with tracer.start_as_current_span(semconv.SPAN_GENERATE, attributes={"a": 1}) as root:
         assert root.is_recording()
         assert not root.get_span_context().trace_flags.sampled
         assert root.get_span_context().trace_state.get(semconv.TRACE_STATE_KEY) == "1"
-        assert root.attributes == {"a": 1}  # type: ignore[attr-defined]
+        assert root.attributes == {"a": 1, semconv.SPAN_RECORDING: "all"}  # type: ignore[attr-defined]
         with tracer.start_as_current_span("SELECT") as child:
             assert child.is_recording()
             assert child.get_span_context().trace_state.get(semconv.TRACE_STATE_KEY) == "1"
@@ -42,6 +45,45 @@ def test_report_trace_recorded_but_not_exported_at_ratio_zero() -> None:
     with tracer.start_as_current_span("other.request") as other:
         assert not other.is_recording()
     assert exporter.get_finished_spans() == ()
+
+
+def test_default_policy_records_only_the_report_spans_of_an_unsampled_trace() -> None:
+    provider, _ = _provider(LineageSampler(ParentBased(TraceIdRatioBased(0.0))))
+    tracer = provider.get_tracer("t")
+    with tracer.start_as_current_span(semconv.SPAN_GENERATE, attributes={"a": 1}) as root:
+        assert root.is_recording()
+        assert root.attributes == {"a": 1, semconv.SPAN_RECORDING: "report"}  # type: ignore[attr-defined]
+        with tracer.start_as_current_span(semconv.SPAN_LOAD_INPUTS) as step:
+            assert step.is_recording()
+            with tracer.start_as_current_span("SELECT") as sql:
+                assert not sql.is_recording()  # a library span: lineage does not need it
+                # The mark survives the unrecorded span: a report span below it is recorded.
+                assert sql.get_span_context().trace_state.get(semconv.TRACE_STATE_KEY) == "1"
+                with tracer.start_as_current_span("report.nested") as nested:
+                    assert nested.is_recording()
+    with tracer.start_as_current_span("other.request") as other:
+        assert not other.is_recording()
+
+
+def test_default_policy_records_a_sampled_report_trace_whole() -> None:
+    provider, exporter = _provider(LineageSampler(ParentBased(TraceIdRatioBased(1.0))))
+    tracer = provider.get_tracer("t")
+    with tracer.start_as_current_span(semconv.SPAN_GENERATE) as root:
+        assert root.attributes == {semconv.SPAN_RECORDING: "all"}  # type: ignore[attr-defined]
+        with tracer.start_as_current_span("SELECT") as sql:
+            assert sql.is_recording() and sql.get_span_context().trace_flags.sampled
+    assert len(exporter.get_finished_spans()) == 2
+
+
+def test_span_recording_policy_is_checked(monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(ValueError, match="span_recording"):
+        LineageSampler(ALWAYS_ON, span_recording="some")
+    monkeypatch.setenv("OTEL_LINEAGE_RECORD_SPANS", " ALL ")
+    sampler = sampler_from_name("lineage_parentbased_always_off")
+    assert isinstance(sampler, LineageSampler) and sampler.span_recording == "all"
+    monkeypatch.setenv("OTEL_LINEAGE_RECORD_SPANS", "everything")
+    with pytest.raises(LineageConfigError, match="OTEL_LINEAGE_RECORD_SPANS='everything'"):
+        LineageSettings.from_env()
 
 
 def test_export_follows_the_delegate_consistently_per_trace() -> None:
@@ -74,7 +116,7 @@ def test_sampled_report_keeps_delegate_attributes_and_is_sampled() -> None:
         None, 123, semconv.SPAN_GENERATE, attributes={"k": "v"}
     )
     assert result.decision is Decision.RECORD_AND_SAMPLE
-    assert dict(result.attributes) == {"k": "v"}
+    assert dict(result.attributes) == {"k": "v", semconv.SPAN_RECORDING: "all"}
     assert result.trace_state is not None
     assert result.trace_state.get(semconv.TRACE_STATE_KEY) == "1"
 
@@ -179,7 +221,7 @@ def test_a_report_requested_by_a_sampled_span_is_exported_whole(delegate: Sample
     spans = exporter.get_finished_spans()
     assert sorted(s.name for s in spans) == ["SELECT", "nested", semconv.SPAN_GENERATE]
     (exported_root,) = [s for s in spans if s.name == semconv.SPAN_GENERATE]
-    assert exported_root.attributes == {"a": 1}
+    assert exported_root.attributes == {"a": 1, semconv.SPAN_RECORDING: "all"}
 
 
 def test_a_link_to_an_unsampled_span_leaves_the_decision_to_the_delegate() -> None:
