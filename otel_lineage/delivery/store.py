@@ -11,18 +11,31 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import math
 import os
 import socket
 import threading
 import uuid
-import weakref
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 from opentelemetry import context as otel_context
 from opentelemetry.instrumentation.utils import suppress_instrumentation
-from sqlalchemy import Connection, Engine, Table, TextClause, bindparam, event, inspect, text
+from sqlalchemy import (
+    JSON,
+    Connection,
+    Engine,
+    Float,
+    LargeBinary,
+    Table,
+    TextClause,
+    bindparam,
+    event,
+    inspect,
+    text,
+)
 
 from otel_lineage import semconv
 from otel_lineage.delivery.schema import lineage_counters, report_lineage
@@ -39,6 +52,7 @@ _TEXT_FIELDS = tuple(
     f.name for f in dataclasses.fields(LineageRecord) if str(f.type) in ("str", "str | None")
 )
 _JSON_FIELDS = ("steps", "input_tables", "incomplete_reasons")
+_CHECKED_FIELDS = (*_TEXT_FIELDS, *_JSON_FIELDS)
 
 
 #: A report whose connection was lost at its final commit cannot know whether it completed; its
@@ -67,6 +81,8 @@ def clean_record(record: LineageRecord) -> LineageRecord:
     incomplete and names each cleaned field, so nothing is changed silently; the record itself
     is never refused for it.
     """
+    if not _may_need_cleaning([getattr(record, name) for name in _CHECKED_FIELDS]):
+        return record
     cleaned: dict[str, Any] = {}
     for name in _TEXT_FIELDS:
         value = getattr(record, name)
@@ -85,6 +101,17 @@ def clean_record(record: LineageRecord) -> LineageRecord:
     return dataclasses.replace(record, **cleaned, complete=False)
 
 
+def _may_need_cleaning(values: list[object]) -> bool:
+    """False when no string in ``values`` (keys too) holds a NUL or a lone surrogate, told
+    in one C pass: orjson refuses lone surrogates and writes NUL as ``\\u0000``. Only a
+    record it refuses (for any reason) or that may hold a NUL is looked at string by string,
+    which for the dozen steps of a demo report costs more CPU than writing its row."""
+    try:
+        return b"\\u0000" in orjson.dumps(values, option=orjson.OPT_NON_STR_KEYS)
+    except TypeError:
+        return True
+
+
 @contextlib.contextmanager
 def untraced() -> Iterator[None]:
     """Run a block with no current span and instrumentation suppressed.
@@ -100,6 +127,12 @@ def untraced() -> Iterator[None]:
         otel_context.detach(token)
 
 
+def _conflict_update(key: str, columns: Sequence[str], clear_on_update: Sequence[str]) -> str:
+    updates = [f"{n} = excluded.{n}" for n in columns if n != key]
+    updates += [f"{n} = NULL" for n in clear_on_update]
+    return f"ON CONFLICT ({key}) DO UPDATE SET {', '.join(updates)}"
+
+
 def upsert_statement(
     table: Table, key: str, columns: Sequence[str], *, clear_on_update: Sequence[str] = ()
 ) -> TextClause:
@@ -111,14 +144,71 @@ def upsert_statement(
     on every execution, they cost about 0.5 ms of CPU per single-row batch here, ten times the
     insert itself. ``clear_on_update`` columns are reset to NULL when a row is rewritten.
     """
-    updates = [f"{n} = excluded.{n}" for n in columns if n != key]
-    updates += [f"{n} = NULL" for n in clear_on_update]
     sql = (
         f"INSERT INTO {table.name} ({', '.join(columns)}) "
         f"VALUES ({', '.join(':' + n for n in columns)}) "
-        f"ON CONFLICT ({key}) DO UPDATE SET {', '.join(updates)}"
+        f"{_conflict_update(key, columns, clear_on_update)}"
     )
     return text(sql).bindparams(*(bindparam(n, type_=table.c[n].type) for n in columns))
+
+
+def batch_upsert_statement(
+    table: Table, key: str, columns: Sequence[str], *, clear_on_update: Sequence[str] = ()
+) -> TextClause:
+    """PostgreSQL: the upsert of a whole batch as one statement with one parameter, the batch
+    as a JSON array of rows (``BatchEncoder``), unpacked by ``json_populate_recordset``.
+
+    One statement per batch is planned and executed once, not once per row; one parameter
+    keeps it under every bind limit and within psycopg's query cache (a multi-row ``VALUES``
+    list has one parameter per value, which psycopg parses anew at every execution), and the
+    encoding is one orjson call instead of a driver conversion per value. The record type's
+    own columns convert the values, so an oversized id is refused as by a one-row insert.
+    A JSON column whose value is None gets JSON ``null``, as the typed one-row statement
+    stores it (``json_populate_recordset`` would give SQL NULL).
+    """
+    selected = [f"coalesce({n}, 'null')" if _is_json(table, n) else n for n in columns]
+    return text(
+        f"INSERT INTO {table.name} ({', '.join(columns)}) SELECT {', '.join(selected)} "
+        f"FROM json_populate_recordset(NULL::{table.name}, CAST(:rows AS JSON)) "
+        f"{_conflict_update(key, columns, clear_on_update)}"
+    )
+
+
+def _is_json(table: Table, column: str) -> bool:
+    return isinstance(table.c[column].type, JSON)
+
+
+def _bytea_text(value: Any) -> Any:
+    """A blob as PostgreSQL's bytea text (hex), which JSON can carry."""
+    return value if value is None else "\\x" + bytes(value).hex()
+
+
+def _float_text(value: Any) -> Any:
+    """NaN and infinities as the text PostgreSQL reads (orjson would write them as null)."""
+    return value if value is None or math.isfinite(value) else str(value)
+
+
+class BatchEncoder:
+    """Rows of ``table`` as the JSON parameter of a ``batch_upsert_statement``."""
+
+    def __init__(self, table: Table) -> None:
+        self._converters: list[tuple[str, Callable[[Any], Any]]] = []
+        for column in table.columns:
+            if isinstance(column.type, LargeBinary):
+                self._converters.append((column.name, _bytea_text))
+            elif isinstance(column.type, Float):
+                self._converters.append((column.name, _float_text))
+
+    def encode(self, rows: Sequence[dict[str, Any]]) -> str:
+        """Raises ``TypeError`` for what orjson refuses (an integer over 64 bits, say)."""
+        converted = [
+            {
+                **row,
+                **{name: convert(row[name]) for name, convert in self._converters if name in row},
+            }
+            for row in rows
+        ]
+        return orjson.dumps(converted, option=orjson.OPT_NON_STR_KEYS).decode()
 
 
 class LineageStore:
@@ -136,12 +226,16 @@ class LineageStore:
         ``outbox flush``'s, writes a snapshot in clear where encryption is configured."""
         self.engine = engine
         self.snapshots = snapshots or SnapshotStore(keyring_from_env())
+        columns = (*RECORD_FIELDS, SHARED_COLUMN)
         self._lineage_upsert = upsert_statement(
-            report_lineage,
-            "trace_id",
-            (*RECORD_FIELDS, SHARED_COLUMN),
-            clear_on_update=("pruned_at",),
+            report_lineage, "trace_id", columns, clear_on_update=("pruned_at",)
         )
+        self._batch_upsert = None
+        if engine.dialect.name == "postgresql":
+            self._batch_upsert = batch_upsert_statement(
+                report_lineage, "trace_id", columns, clear_on_update=("pruned_at",)
+            )
+        self._batch_encoder = BatchEncoder(report_lineage)
         self._counters_upsert = upsert_statement(
             lineage_counters, "instance_id", [c.name for c in lineage_counters.columns]
         )
@@ -149,25 +243,45 @@ class LineageStore:
         self.instance_id = str(uuid.uuid4())
         self._service_name = clean_text(service_name) if service_name else service_name
         self._started_at = datetime.now(UTC)
-        self._connections: weakref.WeakSet[Any] = weakref.WeakSet()
+        # The pool's open DBAPI connections, by id: held from "connect" to "close" (an
+        # sqlite3 connection cannot be weakly referenced, so a WeakSet would miss it).
+        self._connections: dict[int, Any] = {}
         self._connections_lock = threading.Lock()
         event.listen(engine, "connect", self._remember_connection)
+        event.listen(engine, "close", self._forget_connection)
+        event.listen(engine, "close_detached", self._forget_connection)
 
     def upsert(self, records: Sequence[LineageRecord]) -> None:
         """Insert or update ``records`` in one transaction (text cleaned: ``clean_record``).
 
         Snapshots go to ``lineage_snapshots`` in the same transaction (deduplicated, maybe
         encrypted: ``SnapshotStore``), so a row never names a snapshot that is not stored.
+        A trace id twice in ``records`` (a replayed record) is written once, in its last
+        version: PostgreSQL refuses a statement that would update one row twice.
         """
-        if not records:
+        latest = list({r.trace_id: r for r in records}.values())
+        if not latest:
             return
-        rows = [{**clean_record(r).as_row(), SHARED_COLUMN: None} for r in records]
+        rows = [{**clean_record(r).as_row(), SHARED_COLUMN: None} for r in latest]
         with untraced(), self.engine.begin() as conn:
             self.snapshots.prepare(conn, rows)
-            conn.execute(self._lineage_upsert, rows)
-            unsettled = [{"trace_id": r.trace_id} for r in records if _outcome_unknown(r)]
+            self._write_rows(conn, rows)
+            unsettled = [{"trace_id": r.trace_id} for r in latest if _outcome_unknown(r)]
             if unsettled and self._has_generations(conn):
                 conn.execute(_SETTLE, unsettled)
+
+    def _write_rows(self, conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
+        """PostgreSQL: one statement for the batch; SQLite (in process, where a statement per
+        row costs no round trip), and values orjson refuses: the one-row statement per row."""
+        if self._batch_upsert is not None:
+            try:
+                batch = self._batch_encoder.encode(rows)
+            except TypeError:
+                pass
+            else:
+                conn.execute(self._batch_upsert, {"rows": batch})
+                return
+        conn.execute(self._lineage_upsert, rows)
 
     def _has_generations(self, conn: Connection) -> bool:
         """Whether the report service's ``report_generation`` table is in this database."""
@@ -200,7 +314,7 @@ class LineageStore:
         Either way the call fails like an outage and its batch is retried.
         """
         with self._connections_lock:
-            connections = list(self._connections)
+            connections = list(self._connections.values())
         for dbapi_connection in connections:
             with contextlib.suppress(Exception):  # already closed, or never connected
                 pgconn = getattr(dbapi_connection, "pgconn", None)
@@ -213,13 +327,17 @@ class LineageStore:
         _log.warning("lineage database call interrupted at its deadline")
 
     def _remember_connection(self, dbapi_connection: Any, _record: object) -> None:
-        with self._connections_lock, contextlib.suppress(TypeError):  # not weak-referenceable
-            self._connections.add(dbapi_connection)
+        with self._connections_lock:
+            self._connections[id(dbapi_connection)] = dbapi_connection
+
+    def _forget_connection(self, dbapi_connection: Any, *_record: object) -> None:
+        with self._connections_lock:
+            self._connections.pop(id(dbapi_connection), None)
 
     def reset_after_fork(self) -> None:
         """A forked child gets its own identity and never reuses the parent's connections."""
         self.engine.dispose(close=False)
         self._connections_lock = threading.Lock()
-        self._connections = weakref.WeakSet()  # the parent's: never to be shut down from here
+        self._connections = {}  # the parent's: never to be shut down from here
         self.instance_id = str(uuid.uuid4())
         self._started_at = datetime.now(UTC)
