@@ -1,6 +1,6 @@
 """The durable hand-off: a local outbox, one SQLite file (WAL) per process.
 
-``put`` inserts the folded record (about 50-100 µs) before ``generate_report`` returns, so a
+``put`` inserts the folded record (one insert) before ``generate_report`` returns, so a
 record survives a database outage *and* a crash of the process. The writer ships batches to the
 lineage database and deletes what was written; delivery is idempotent (upsert by trace id), so a
 record shipped twice is still one row.
@@ -12,11 +12,12 @@ their rows into the live outbox in one transaction, then deletes them), so recor
 process are shipped by the next process that starts with the same directory; ``otel-lineage
 outbox flush`` does it from the command line.
 
-Open-report markers: ``begin`` inserts a marker when a report trace starts and ``put`` deletes
-it in the transaction that inserts the record, so a dead process's marker without a record is a
-report that never ended; ``recover()`` turns it into an "abandoned" failed record
-(``otel_lineage.delivery.recovery``). ``open_reports()`` tells a report in progress from an
-abandoned one.
+Open-report markers: ``begin`` inserts a marker when a report trace starts; a marker whose
+record is in the file is a report that ended (``put`` is one insert on the report's thread, and
+``ack`` deletes the record and its marker in one transaction), so a dead process's marker
+without a record is a report that never ended; ``recover()`` turns it into an "abandoned"
+failed record (``otel_lineage.delivery.recovery``). ``open_reports()`` tells a report in
+progress from an abandoned one.
 
 Nothing blocks delivery: a record that cannot be decoded, and an orphan file SQLite cannot read,
 are moved to ``<directory>/quarantine/`` (never deleted), counted (``take_quarantined``) and
@@ -187,7 +188,6 @@ class OutboxHandOff:
         with self._cond:
             if self._closed:
                 return False
-            marker = record.trace_id in self._open_traces
             if data is None:
                 self._clear_marker(record.trace_id)
                 return False
@@ -201,14 +201,9 @@ class OutboxHandOff:
                 return False
             row = (record.trace_id, record.report_generation_id, time.time(), len(data), data)
             try:
-                if marker:  # the record and the end of its marker are one transaction
-                    with self._transaction():
-                        self._conn.execute(_INSERT, row)
-                        self._conn.execute(
-                            "DELETE FROM open_report WHERE trace_id = ?", (record.trace_id,)
-                        )
-                else:
-                    self._conn.execute(_INSERT, row)
+                # One statement on the report's thread: a marker with its record in the file
+                # is an ended report; ``ack`` deletes both in one transaction.
+                self._conn.execute(_INSERT, row)
             except (sqlite3.Error, ValueError):
                 _log.exception("lineage outbox %s not writable", self.path)
                 return False
@@ -255,6 +250,11 @@ class OutboxHandOff:
                 sizes = self._conn.execute(
                     f"SELECT coalesce(sum(size), 0) FROM outbox WHERE {where}", keys
                 ).fetchone()[0]
+                self._conn.execute(
+                    f"DELETE FROM open_report WHERE trace_id IN "
+                    f"(SELECT trace_id FROM outbox WHERE {where})",
+                    keys,
+                )
                 self._conn.execute(f"DELETE FROM outbox WHERE {where}", keys)
             self._count -= len(items)
             self._bytes -= int(sizes)
@@ -413,7 +413,13 @@ class OutboxHandOff:
         """Move an undecodable row of this outbox to quarantine, then out of the outbox."""
         if self._quarantine_raw(data, f"{self.path.stem}-{seq}", reason):
             try:
-                self._conn.execute("DELETE FROM outbox WHERE seq = ?", (seq,))
+                with self._transaction():  # the row's report ended: its marker goes with it
+                    self._conn.execute(
+                        "DELETE FROM open_report WHERE trace_id IN "
+                        "(SELECT trace_id FROM outbox WHERE seq = ?)",
+                        (seq,),
+                    )
+                    self._conn.execute("DELETE FROM outbox WHERE seq = ?", (seq,))
             except sqlite3.Error:  # a copy is safe in quarantine; the next owner retries
                 _log.exception("lineage outbox %s: quarantined row not deleted", self.path)
         else:
@@ -539,7 +545,8 @@ def _open_markers(directory: Path) -> list[tuple[str, str, bool]]:
             for report_id, trace_id in _read_only(
                 db_path,
                 "SELECT report_generation_id, trace_id FROM open_report "
-                "WHERE report_generation_id IS NOT NULL",
+                "WHERE report_generation_id IS NOT NULL "
+                "AND trace_id NOT IN (SELECT trace_id FROM outbox)",  # ended, record not shipped
             ):
                 markers.append((str(report_id), str(trace_id), alive))
     return markers
