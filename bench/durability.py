@@ -12,6 +12,7 @@ and how long after ``generate_report`` returns the row is visible in the databas
 
 from __future__ import annotations
 
+import hashlib
 import statistics
 import threading
 import time
@@ -28,15 +29,16 @@ from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 from sqlalchemy import Engine, create_engine, func, insert, select, text
 
 import otel_lineage
-from bench.common import TimedProcessor, summary
+from bench.common import TimedProcessor, pct, summary
 from d6_reports import db
 from d6_reports.generator import GenerationOptions, ReportGenerator
+from d6_reports.pdf import PDFConverter
 from d6_reports.seed import seed_demo
+from otel_lineage.delivery.engines import create_lineage_engine
 from otel_lineage.delivery.outbox import OutboxHandOff
 from otel_lineage.delivery.schema import report_lineage
 from otel_lineage.delivery.store import RECORD_FIELDS, LineageStore
-from otel_lineage.record import LineageRecord
-from otel_lineage.startup.configuration import create_lineage_engine
+from otel_lineage.record import LineageRecord, compress
 
 
 class _Accept(BaseHTTPRequestHandler):
@@ -106,11 +108,14 @@ def _openlineage_events(client: Any, record: LineageRecord) -> None:
         )
 
 
-def design_comparison(url: str, reports: Path, n: int) -> dict[str, Any]:
+def design_comparison(
+    url: str, reports: Path, n: int, converter: PDFConverter | None = None
+) -> dict[str, Any]:
+    """``converter``: the PDF converter (default WeasyPrint; bench.overhead passes the fast one)."""
     from openlineage.client import OpenLineageClient
     from openlineage.client.transport.http import HttpConfig, HttpTransport
 
-    engine, business, lineage, generator = _report_pipeline(url, reports)
+    engine, business, lineage, generator = _report_pipeline(url, reports, converter)
     assert lineage.processor is not None
     lineage.processor.__class__ = TimedProcessor
     naive = create_lineage_engine(url)
@@ -139,7 +144,7 @@ def design_comparison(url: str, reports: Path, n: int) -> dict[str, Any]:
 
 
 def _report_pipeline(
-    url: str, reports: Path
+    url: str, reports: Path, converter: PDFConverter | None = None
 ) -> tuple[Engine, int, otel_lineage.Lineage, ReportGenerator]:
     """A seeded database, lineage at a 0.1 export ratio, and a generator traced by it."""
     engine = db.make_engine(url)
@@ -150,7 +155,8 @@ def _report_pipeline(
         sampler=otel_lineage.LineageSampler(ParentBased(TraceIdRatioBased(0.1)))
     )
     lineage = otel_lineage.configure(tracer_provider=provider, database_url=url, set_global=False)
-    return engine, business, lineage, ReportGenerator(sessions, reports, tracer_provider=provider)
+    generator = ReportGenerator(sessions, reports, converter=converter, tracer_provider=provider)
+    return engine, business, lineage, generator
 
 
 def _close(engine: Engine, lineage: otel_lineage.Lineage) -> None:
@@ -168,13 +174,27 @@ def lineage_rows_one(url: str) -> LineageRecord:
     return LineageRecord(**{name: row[name] for name in RECORD_FIELDS})
 
 
-def writer_throughput(url: str, records: int, batch: int) -> dict[str, Any]:
+def writer_throughput(
+    url: str, records: int, batch: int, snapshot: bytes | None = None
+) -> dict[str, Any]:
+    """Rows/s of the writer's batch upsert. A stored row's snapshot lives in the shared table,
+    so the template row has none: ``snapshot`` gives every record its own (a distinct variant,
+    compressed, with its digest), as records of different reports would have."""
     template = lineage_rows_one(url)
     store = LineageStore(create_lineage_engine(url))
-    rows = [
-        replace(template, trace_id=uuid.uuid4().hex, report_generation_id=str(uuid.uuid4()))
-        for _ in range(records)
-    ]
+    rows = []
+    for index in range(records):
+        row = replace(template, trace_id=uuid.uuid4().hex, report_generation_id=str(uuid.uuid4()))
+        if snapshot is not None:
+            variant = b'{"n":%d,' % index + snapshot[1:]
+            row = replace(
+                row,
+                inputs_snapshot=compress(variant),
+                inputs_codec="zstd",
+                inputs_sha256=hashlib.sha256(variant).hexdigest(),
+                inputs_bytes=len(variant),
+            )
+        rows.append(row)
     started = time.perf_counter()
     for index in range(0, records, batch):
         store.upsert(rows[index : index + batch])
@@ -188,7 +208,7 @@ def writer_throughput(url: str, records: int, batch: int) -> dict[str, Any]:
         "seconds": round(elapsed, 3),
         "rows_per_s": round(records / elapsed),
         "rows_in_table": stored,
-        "record_bytes": len(template.to_bytes()),
+        "record_bytes": len(rows[0].to_bytes()),
     }
 
 
@@ -210,11 +230,20 @@ def outbox_put_cost(tmp: Path, url: str, n: int) -> dict[str, float]:
     }
 
 
-def row_visibility_gap(url: str, reports: Path, n: int) -> dict[str, float]:
-    """Seconds from ``generate_report`` returning to its lineage row being readable."""
-    engine, business, lineage, generator = _report_pipeline(url, reports)
+def row_visibility_gap(
+    url: str,
+    reports: Path,
+    n: int,
+    converter: PDFConverter | None = None,
+    pause_s: float = 0.5,
+) -> dict[str, float]:
+    """Seconds from ``generate_report`` returning to its lineage row being readable (polled
+    every 5 ms, so figures are up to 5 ms late), on an idle system: ``pause_s`` between
+    reports, longer than the writer's pacing interval (0.2 s), as reports that trickle in."""
+    engine, business, lineage, generator = _report_pipeline(url, reports, converter)
     gaps = []
     for _ in range(n):
+        time.sleep(pause_s)
         result = generator.generate_report_sync(business, GenerationOptions("summary"))
         returned = time.perf_counter()
         query = select(func.count()).where(
@@ -227,4 +256,10 @@ def row_visibility_gap(url: str, reports: Path, n: int) -> dict[str, float]:
             time.sleep(0.005)
         gaps.append(time.perf_counter() - returned)
     _close(engine, lineage)
-    return {"n": n, "median_s": round(statistics.median(gaps), 3), "max_s": round(max(gaps), 3)}
+    return {
+        "n": n,
+        "median_s": round(statistics.median(gaps), 3),
+        "p50_s": round(pct(gaps, 0.50), 3),
+        "p99_s": round(pct(gaps, 0.99), 3),
+        "max_s": round(max(gaps), 3),
+    }

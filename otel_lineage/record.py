@@ -45,7 +45,7 @@ SPAN_FIELDS = (
 _HEADER = struct.Struct(">I")
 #: zstd level 1: on snapshot-like JSON (5 KB to 5 MB) it compressed as small as level 3 here,
 #: at 1.5-2.1 µs/KB against 1.8-2.8 (docs/benchmarks.md); it runs on the writer thread.
-_LEVEL = 1
+ZSTD_LEVEL = 1
 
 
 _local = threading.local()
@@ -80,7 +80,7 @@ def compress(data: bytes) -> bytes:
     """zstd, one compressor per thread: creating one costs more than compressing a report."""
     compressor: zstandard.ZstdCompressor | None = getattr(_local, "compressor", None)
     if compressor is None:
-        compressor = _local.compressor = zstandard.ZstdCompressor(level=_LEVEL)
+        compressor = _local.compressor = zstandard.ZstdCompressor(level=ZSTD_LEVEL)
     return compressor.compress(data)
 
 

@@ -52,10 +52,10 @@ SPAN_RECORDING_CHOICES = (semconv.SPAN_RECORDING_REPORT, semconv.SPAN_RECORDING_
 def span_recording(environ: Mapping[str, str] | None = None) -> str:
     """The span-recording policy: ``report`` (default) or ``all``; anything else is an error.
 
-    ``report``: a report trace that is not exported records only its own ``report.*`` spans,
+    ``report``: a report trace that is not sampled records only its own ``report.*`` spans,
     the ones lineage folds (library spans such as SQL would cost recording time for nothing).
     ``all``: every span of the report trace is recorded, so the row keeps the full trace
-    offline. A sampled (exported) trace is recorded whole either way.
+    offline. A sampled trace (whether or not an exporter is configured) is recorded whole.
     """
     env = os.environ if environ is None else environ
     raw = env.get(RECORD_SPANS_VAR)

@@ -339,8 +339,16 @@ def _fit_bounded(fields: dict[str, Any], numbers: dict[str, Any], reasons: list[
 
 
 def _has_bad_text(value: object) -> bool:
-    """Whether any string in a JSON-shaped value (keys too) needs ``clean_text``: the strings
-    are gathered and searched once (a search per string cost more than the rest of a step)."""
+    """Whether any string in a JSON-shaped value (keys too) needs ``clean_text``.
+
+    Told in one C pass when it is clean, the usual case: orjson refuses lone surrogates and
+    writes NUL as ``\\u0000``; anything else (a refusal, that sequence) is looked at string
+    by string, a walk that costs more than the rest of a step."""
+    try:
+        if b"\\u0000" not in orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS):
+            return False
+    except TypeError:  # orjson.JSONEncodeError: a lone surrogate, or an int beyond 64 bits
+        pass
     texts: list[str] = []
     pending = [value]
     while pending:

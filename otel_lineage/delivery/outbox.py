@@ -214,30 +214,41 @@ class OutboxHandOff:
             return True
 
     def take(self, max_items: int, timeout_s: float) -> list[Pending]:
+        """Rows are read under the lock and decoded outside it: ``put`` and ``begin`` on the
+        report's thread wait for that lock, and decoding a batch costs far more than reading
+        it. Only the writer takes, so nothing else moves the cursor meanwhile."""
+        batch: list[Pending] = []
         with self._cond:
             if not self._retry and self._count - self._in_flight <= 0:
                 self._cond.wait(timeout_s)
-            batch: list[Pending] = []
             while self._retry and len(batch) < max_items:
                 batch.append(self._retry.popleft())
-            # Rows that cannot be decoded go to quarantine; read on until the batch is full or
-            # the outbox is exhausted, so an empty batch always means "nothing to write".
-            while len(batch) < max_items and not self._closed:
+            self._in_flight += len(batch)
+        # Rows that cannot be decoded go to quarantine; read on until the batch is full or
+        # the outbox is exhausted, so an empty batch always means "nothing to write".
+        while len(batch) < max_items:
+            with self._cond:
+                if self._closed:
+                    break
                 rows = self._conn.execute(
                     "SELECT seq, size, record FROM outbox WHERE seq > ? ORDER BY seq LIMIT ?",
                     (self._cursor, max_items - len(batch)),
                 ).fetchall()
-                if not rows:
+                if rows:
+                    self._cursor = rows[-1][0]
+            if not rows:
+                break
+            decoded = [(seq, size, data, *_decode(size, data)) for seq, size, data in rows]
+            with self._cond:
+                if self._closed:  # closed meanwhile: the rows stay in the file
                     break
-                for seq, size, data in rows:
-                    self._cursor = seq
-                    record, reason = _decode(size, data)
+                for seq, size, data, record, reason in decoded:
                     if record is None:
                         self._quarantine_row(seq, size, data, reason)
                     else:
                         batch.append(Pending(seq, record))
-            self._in_flight += len(batch)
-            return batch
+                        self._in_flight += 1
+        return batch
 
     def ack(self, items: list[Pending]) -> None:
         with self._cond:

@@ -622,8 +622,11 @@ def test_a_child_that_starts_takes_reports(monkeypatch: pytest.MonkeyPatch) -> N
     supervision = worker_module._Supervision(parent_pid=424242)
     try:
 
-        def start(*, warn: Callable[[str], None], service_name: str) -> None:
+        def start(
+            *, warn: Callable[[str], None], service_name: str, unused_instrumentations: object
+        ) -> None:
             assert service_name == worker_module.WORKER_SERVICE_NAME
+            assert unused_instrumentations == ("fastapi",)  # Celery spans are wanted here
             warn("lineage is off (ENABLE_REPORT_LINEAGE=false)")
             warnings.append("called")
 
