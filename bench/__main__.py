@@ -33,7 +33,6 @@ from pathlib import Path
 from typing import Any
 
 from opentelemetry.trace import NoOpTracerProvider
-from sqlalchemy import create_engine
 
 from bench.common import summary
 from d6_reports import db
@@ -254,15 +253,10 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 def _postgres_url() -> str | None:
-    url = os.environ.get("D6_BENCH_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1/test")
-    try:
-        engine = create_engine(url)
-        with engine.connect():
-            pass
-        engine.dispose()
-    except Exception:
-        return None
-    return url
+    """The bench's PostgreSQL (``D6_BENCH_POSTGRES_URL``), None when it does not answer."""
+    from bench.overhead import postgres_url
+
+    return postgres_url()
 
 
 def _announce(name: str) -> None:
