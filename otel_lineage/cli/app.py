@@ -51,7 +51,13 @@ from otel_lineage.delivery.outbox import (
 )
 from otel_lineage.delivery.recovery import QuarantinedItem, inspect_quarantine, mark_abandoned
 from otel_lineage.delivery.store import LineageStore, untraced
-from otel_lineage.reading.exports import TraceUnavailableError, span_tree, to_jaeger, to_otlp_json
+from otel_lineage.reading.exports import (
+    CorruptTraceError,
+    TraceUnavailableError,
+    span_tree,
+    to_jaeger,
+    to_otlp_json,
+)
 from otel_lineage.reading.identify import (
     MAX_PARSED_BYTES,
     SOURCES,
@@ -896,10 +902,8 @@ def trace_cmd(
     row = _row_or_exit(report_id)
     try:
         tree = span_tree(row)
-    except TraceUnavailableError as exc:
+    except (TraceUnavailableError, CorruptTraceError) as exc:
         raise CliError(str(exc), 1) from exc
-    except Exception as exc:
-        raise CliError(f"the stored span tree is corrupt: {type(exc).__name__}: {exc}", 1) from exc
     document = to_jaeger(tree) if format == "jaeger" else to_otlp_json(tree)
     data = orjson.dumps(document, option=orjson.OPT_INDENT_2)
     if output is None:

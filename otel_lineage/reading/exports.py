@@ -13,6 +13,7 @@ the trace backend's retention. It converts to:
 from __future__ import annotations
 
 import base64
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -36,20 +37,97 @@ class TraceUnavailableError(LookupError):
     pass
 
 
-def span_tree(row: Mapping[str, Any]) -> dict[str, Any]:
-    """The stored span tree of a lineage row, decoded."""
+#: Largest span tree a reader decompresses: 2,000 spans of generous attributes are a few MB;
+#: an edited frame declaring more is refused before anything is allocated.
+MAX_SPAN_TREE_BYTES = 64 << 20
+
+
+class CorruptTraceError(ValueError):
+    """The stored span tree does not decode to a trace (an edited or damaged row)."""
+
+
+def span_tree(row: Mapping[str, Any], *, checked: bool = True) -> dict[str, Any]:
+    """The stored span tree of a lineage row, decoded and checked: one dict per span (hex ids,
+    enum names), whichever layout it was stored in.
+
+    Raises ``TraceUnavailableError`` when the row keeps no span tree (pruned) and
+    ``CorruptTraceError`` when the blob is not a trace, so no reader turns a damaged row into
+    an invalid export. An abandoned report's tree holds no spans (its process died first).
+    ``checked=False`` skips the per-span check, for a reader that looks up one attribute."""
     blob = row.get("span_tree")
+    report = row.get("report_generation_id")
     if blob is None:
         raise TraceUnavailableError(
-            f"the span tree of report {row.get('report_generation_id')} is not stored "
-            "(pruned by retention)"
+            f"the span tree of report {report} is not stored (pruned by retention)"
         )
-    document: dict[str, Any] = orjson.loads(
-        decompress(bytes(blob), row.get("span_tree_codec") or "zstd")
-    )
-    if document.get("format") == SPAN_TREE_FORMAT:
-        return _expanded(document)
-    return document  # the first layout: one dict per span, as _expanded returns
+    try:
+        raw = decompress(
+            bytes(blob), row.get("span_tree_codec") or "zstd", max_bytes=MAX_SPAN_TREE_BYTES
+        )
+        document = orjson.loads(raw)
+        if not isinstance(document, dict):
+            raise ValueError("not a JSON object")
+        tree = _expanded(document) if document.get("format") == SPAN_TREE_FORMAT else document
+        if checked:
+            _check(tree)
+    except CorruptTraceError:
+        raise
+    except Exception as exc:
+        raise CorruptTraceError(f"the stored span tree is corrupt: {_why(exc)}") from exc
+    return tree
+
+
+def _why(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}" if isinstance(exc, ValueError) else type(exc).__name__
+
+
+_HEX16 = re.compile(r"[0-9a-f]{16}")
+_HEX32 = re.compile(r"[0-9a-f]{32}")
+
+
+def _check(tree: Mapping[str, Any]) -> None:
+    """Every field the exports read, of the type they read it as (a first-layout tree is
+    checked the same way)."""
+    if not isinstance(tree.get("resource", {}), dict) or not isinstance(tree.get("spans"), list):
+        raise ValueError("resource or spans of the wrong type")
+    for span in tree["spans"]:
+        if not isinstance(span, dict):
+            raise ValueError("a span is not an object")
+        ids_ok = (
+            _HEX32.fullmatch(str(span.get("trace_id")))
+            and _HEX16.fullmatch(str(span.get("span_id")))
+            and (
+                span.get("parent_span_id") is None or _HEX16.fullmatch(str(span["parent_span_id"]))
+            )
+        )
+        if not ids_ok:
+            raise ValueError("a span id is not hexadecimal of its length")
+        if not isinstance(span.get("name"), str) or not _is_int(span.get("start_ns")):
+            raise ValueError("a span's name or start time is missing")
+        if span.get("end_ns") is not None and not _is_int(span["end_ns"]):
+            raise ValueError("a span's end time is not an integer")
+        if span.get("kind") not in _KINDS or span.get("status") not in _STATUS:
+            raise ValueError("a span's kind or status is unknown")
+        if not isinstance(span.get("attributes"), dict):
+            raise ValueError("a span's attributes are not an object")
+        events, links = span.get("events"), span.get("links")
+        if not isinstance(events, list) or not isinstance(links, list):
+            raise ValueError("a span's events or links are not lists")
+        for event in events:
+            if not (isinstance(event, dict) and isinstance(event.get("attributes"), dict)):
+                raise ValueError("an event is malformed")
+            if not (isinstance(event.get("name"), str) and _is_int(event.get("time_ns"))):
+                raise ValueError("an event is malformed")
+        for link in links:
+            if not isinstance(link, dict) or not (
+                _HEX32.fullmatch(str(link.get("trace_id")))
+                and _HEX16.fullmatch(str(link.get("span_id")))
+            ):
+                raise ValueError("a link is malformed")
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def _expanded(document: Mapping[str, Any]) -> dict[str, Any]:
@@ -62,8 +140,8 @@ def _expanded(document: Mapping[str, Any]) -> dict[str, Any]:
         span["span_id"] = f"{span['span_id']:016x}"
         parent = span["parent_span_id"]
         span["parent_span_id"] = None if parent is None else f"{parent:016x}"
-        span["kind"] = _KIND_NAMES.get(span["kind"], "INTERNAL")
-        span["status"] = _STATUS_NAMES.get(span["status"], "UNSET")
+        span["kind"] = _KIND_NAMES[span["kind"]]  # an unknown value: KeyError, corrupt
+        span["status"] = _STATUS_NAMES[span["status"]]
         span["events"] = [
             {"name": name, "time_ns": time_ns, "attributes": attributes}
             for name, time_ns, attributes in span["events"] or ()

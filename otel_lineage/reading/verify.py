@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from otel_lineage import semconv
-from otel_lineage.reading.exports import TraceUnavailableError, span_tree
+from otel_lineage.reading.exports import CorruptTraceError, TraceUnavailableError, span_tree
 from otel_lineage.record import decompress, snapshot_size_limit
 
 if TYPE_CHECKING:
@@ -206,11 +206,14 @@ def renderer_differences(
 def recorded_font_subsetter(row: Mapping[str, Any]) -> str | None:
     """The subsetter the convert span recorded in the row's stored span tree, if any."""
     try:
-        tree = span_tree(row)
-    except TraceUnavailableError:
-        return None
-    for span in tree.get("spans", ()):
-        value = (span.get("attributes") or {}).get(semconv.OUTPUT_FONT_SUBSETTER)
+        tree = span_tree(row, checked=False)  # one attribute is all it reads
+    except (TraceUnavailableError, CorruptTraceError):
+        return None  # nothing recorded to replay with: this machine's subsetter
+    for span in tree.get("spans") or ():
+        attributes = span.get("attributes") if isinstance(span, dict) else None
+        value = (
+            attributes.get(semconv.OUTPUT_FONT_SUBSETTER) if isinstance(attributes, dict) else None
+        )
         if value in _SUBSETTER_NAMES:
             return str(value)
     return None

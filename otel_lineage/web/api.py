@@ -28,7 +28,13 @@ from otel_lineage.access.keys import (
 from otel_lineage.access.log import list_access
 from otel_lineage.access.roles import Permission, Role
 from otel_lineage.delivery.store import untraced
-from otel_lineage.reading.exports import TraceUnavailableError, span_tree, to_jaeger, to_otlp_json
+from otel_lineage.reading.exports import (
+    CorruptTraceError,
+    TraceUnavailableError,
+    span_tree,
+    to_jaeger,
+    to_otlp_json,
+)
 from otel_lineage.reading.identify import embedded_lineage
 from otel_lineage.reading.openlineage import run_events
 from otel_lineage.reading.query import ListFilter, generations_by_pdf, list_rows, step_stats
@@ -213,10 +219,8 @@ def trace(
         tree = span_tree(row)
     except TraceUnavailableError as exc:
         raise ApiError(404, "trace_not_stored", str(exc)) from exc
-    except Exception as exc:
-        raise ApiError(
-            409, "integrity_check_failed", f"the stored span tree is corrupt ({type(exc).__name__})"
-        ) from exc
+    except CorruptTraceError as exc:
+        raise ApiError(409, "integrity_check_failed", "the stored span tree is corrupt") from exc
     document = to_jaeger(tree) if format == "jaeger" else to_otlp_json(tree)
     name = actions.download_name(row, f"-trace-{format}.json")
     return Response(
