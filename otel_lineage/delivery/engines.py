@@ -10,18 +10,30 @@ reader that "finds" an empty database it just made would report nonsense.
 
 from __future__ import annotations
 
+import json
 import math
 import sqlite3
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+import orjson
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import URL, make_url
 
 #: Busy timeout of SQLite writers when no statement timeout is given (as before this module).
 SQLITE_BUSY_TIMEOUT_S = 30.0
 UPGRADE_HINT = "run `d6-reports db upgrade`"
+
+
+def json_text(value: Any) -> str:
+    """A JSON column's value as text: orjson (the writer encodes a few per record, and the
+    stdlib encoder cost more than the rest of a row's parameters), the stdlib for what orjson
+    refuses (an integer beyond 64 bits, a key that is not a string)."""
+    try:
+        return orjson.dumps(value).decode()
+    except TypeError:
+        return json.dumps(value)
 
 
 class MissingDatabaseError(LookupError):
@@ -45,7 +57,9 @@ def create_lineage_engine(
         return _sqlite_engine(parsed, statement_timeout_s, read_only)
     if parsed.get_backend_name() == "postgresql":
         return _postgresql_engine(parsed, connect_timeout_s, statement_timeout_s, read_only)
-    return create_engine(parsed, pool_pre_ping=True, hide_parameters=True)
+    return create_engine(
+        parsed, pool_pre_ping=True, hide_parameters=True, json_serializer=json_text
+    )
 
 
 def sqlite_path(url: str | URL) -> Path | None:
@@ -62,7 +76,7 @@ def sqlite_path(url: str | URL) -> Path | None:
 def _sqlite_engine(parsed: URL, statement_timeout_s: float | None, read_only: bool) -> Engine:
     busy = SQLITE_BUSY_TIMEOUT_S if statement_timeout_s is None else statement_timeout_s
     path = sqlite_path(parsed)
-    options: dict[str, Any] = {"connect_args": {"timeout": busy}, "hide_parameters": True}
+    options: dict[str, Any] = {"connect_args": {"timeout": busy}}
     if read_only and path is not None:
         if not path.is_file():
             raise MissingDatabaseError(f"no database at {path}; {UPGRADE_HINT}")
@@ -71,8 +85,8 @@ def _sqlite_engine(parsed: URL, statement_timeout_s: float | None, read_only: bo
         def _connect() -> sqlite3.Connection:
             return sqlite3.connect(uri, uri=True, timeout=busy, check_same_thread=False)
 
-        options = {"creator": _connect, "hide_parameters": True}
-    engine = create_engine(parsed, **options)
+        options = {"creator": _connect}
+    engine = create_engine(parsed, hide_parameters=True, json_serializer=json_text, **options)
 
     @event.listens_for(engine, "connect")
     def _pragmas(dbapi_connection: Any, _record: object) -> None:
@@ -103,5 +117,9 @@ def _postgresql_engine(
         given = [existing] if isinstance(existing, str) else list(existing or ())
         connect_args["options"] = " ".join([*given, *settings])
     return create_engine(
-        parsed, pool_pre_ping=True, hide_parameters=True, connect_args=connect_args
+        parsed,
+        pool_pre_ping=True,
+        hide_parameters=True,
+        json_serializer=json_text,
+        connect_args=connect_args,
     )

@@ -31,10 +31,11 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from sqlalchemy import Connection, bindparam, select, text, update
+from sqlalchemy import Connection, Integer, Row, TextualSelect, bindparam, select, text, update
 
 from otel_lineage.delivery.schema import lineage_business_keys
 from otel_lineage.settings import LineageConfigError
@@ -197,6 +198,33 @@ class BusinessKeys:
     erased_at: dict[int, datetime]
 
 
+_KEY_COLUMNS = (
+    lineage_business_keys.c.id,
+    lineage_business_keys.c.business_id,
+    lineage_business_keys.c.master_key_id,
+    lineage_business_keys.c.wrapped_key,
+    lineage_business_keys.c.destroyed_at,
+)
+_SELECT_KEYS = (
+    "SELECT id, business_id, master_key_id, wrapped_key, destroyed_at "
+    "FROM lineage_business_keys WHERE business_id IN :ids"
+)
+#: Whether any business has a live wrapped key: the database encrypts snapshots.
+_ANY_LIVE = "SELECT id FROM lineage_business_keys WHERE wrapped_key IS NOT NULL LIMIT 1"
+
+
+def _keys_statement(sql: str) -> TextualSelect:
+    """Built once: a ``select()`` built per call cost the writer more CPU per batch (its
+    construction and cache key) than the query itself."""
+    ids = bindparam("ids", expanding=True, type_=Integer)
+    return text(sql).bindparams(ids).columns(*_KEY_COLUMNS)
+
+
+_KEYS = _keys_statement(_SELECT_KEYS)
+_KEYS_FOR_SHARE = _keys_statement(f"{_SELECT_KEYS} FOR SHARE")  # PostgreSQL only
+_KEYS_AND_ANY_LIVE = _keys_statement(f"{_SELECT_KEYS} OR id = ({_ANY_LIVE})")
+
+
 def load_business_keys(
     conn: Connection, business_ids: Iterable[int], *, lock: bool = False
 ) -> BusinessKeys:
@@ -207,16 +235,29 @@ def load_business_keys(
     written under a key destroyed in between.
     """
     ids = sorted(set(business_ids))
-    keys = BusinessKeys(live={}, erased_at={})
     if not ids:
-        return keys
-    k = lineage_business_keys.c
-    query = select(k.id, k.business_id, k.master_key_id, k.wrapped_key, k.destroyed_at).where(
-        k.business_id.in_(ids)
-    )
-    if lock:
-        query = query.with_for_update(read=True)
-    for row in conn.execute(query):
+        return BusinessKeys(live={}, erased_at={})
+    locking = lock and conn.dialect.name == "postgresql"
+    rows = conn.execute(_KEYS_FOR_SHARE if locking else _KEYS, {"ids": ids})
+    return _business_keys(rows, set(ids))
+
+
+def load_business_keys_and_any_live(
+    conn: Connection, business_ids: Iterable[int]
+) -> tuple[BusinessKeys, bool]:
+    """The key rows of ``business_ids`` and whether any business has a live key, in one
+    statement: what a writer without a key file asks of every batch it stores."""
+    ids = sorted(set(business_ids))
+    rows = list(conn.execute(_KEYS_AND_ANY_LIVE, {"ids": ids}))
+    any_live = any(row.wrapped_key is not None for row in rows)
+    return _business_keys(rows, set(ids)), any_live
+
+
+def _business_keys(rows: Iterable[Row[Any]], ids: set[int]) -> BusinessKeys:
+    keys = BusinessKeys(live={}, erased_at={})
+    for row in rows:
+        if row.business_id not in ids:
+            continue  # the live key _KEYS_AND_ANY_LIVE found for another business
         if row.destroyed_at is None:
             keys.live[row.business_id] = BusinessKey(
                 row.id, row.business_id, row.master_key_id, bytes(row.wrapped_key)

@@ -48,6 +48,7 @@ from otel_lineage.protection.keys import (
     current_keyring,
     destroy_business_key,
     load_business_keys,
+    load_business_keys_and_any_live,
     open_data_key,
 )
 from otel_lineage.ratelimit import RateLimitedLogger
@@ -93,21 +94,17 @@ class SnapshotStore:
         self._ciphers: dict[str, AESGCM] = {}
         self._encrypting_db = False  # seen a live business key while this store had no keyring
 
-    def _encryption_on(self, conn: Connection) -> bool:
+    def _encryption_on(self, any_live_key: bool) -> bool:
         """Whether this database encrypts snapshots (a live business key exists), for a writer
         without a key file: it must then not store any snapshot in clear. Once seen, it stays
         on (keys are only ever destroyed one business at a time)."""
-        if not self._encrypting_db:
-            live = select(lineage_business_keys.c.business_id).where(
-                lineage_business_keys.c.wrapped_key.is_not(None)
+        if any_live_key and not self._encrypting_db:
+            self._encrypting_db = True
+            _log.warning(
+                "the lineage database encrypts input snapshots but %s is not set here: "
+                "snapshots are stored without their content until it is",
+                KEY_FILE_VARIABLE,
             )
-            self._encrypting_db = conn.execute(live.limit(1)).first() is not None
-            if self._encrypting_db:
-                _log.warning(
-                    "the lineage database encrypts input snapshots but %s is not set here: "
-                    "snapshots are stored without their content until it is",
-                    KEY_FILE_VARIABLE,
-                )
         return self._encrypting_db
 
     def prepare(self, conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
@@ -122,13 +119,15 @@ class SnapshotStore:
                 _drop(row, "snapshot_not_stored:not_shareable")  # never kept in clear
         if not owned:
             return
-        if self.keyring is None and self._encryption_on(conn):
-            for row in owned:  # never in clear where the others are encrypted
-                _drop(row, "snapshot_not_stored:key_file_not_configured")
-            return
         businesses = {int(r["business_id"]) for r in owned}
-        keys = load_business_keys(conn, businesses, lock=self.keyring is not None)
-        if self.keyring is not None:
+        if self.keyring is None:
+            keys, any_live_key = load_business_keys_and_any_live(conn, businesses)
+            if self._encryption_on(any_live_key):
+                for row in owned:  # never in clear where the others are encrypted
+                    _drop(row, "snapshot_not_stored:key_file_not_configured")
+                return
+        else:
+            keys = load_business_keys(conn, businesses, lock=True)
             keys.live.update(create_business_keys(conn, self.keyring, businesses - set(keys.live)))
         stored: dict[tuple[int, str], dict[str, Any]] = {}
         for row in owned:
