@@ -124,6 +124,17 @@ def fit(xs: Sequence[float], ys: Sequence[float]) -> dict[str, float]:
 # -- set-ups --------------------------------------------------------------------------------
 
 
+def thread_cpu_ns(native_id: int | None) -> int:
+    """CPU time of one thread of this process, in ns (Linux ``schedstat``); 0 elsewhere."""
+    if native_id is None:
+        return 0
+    try:
+        with open(f"/proc/self/task/{native_id}/schedstat") as stat:
+            return int(stat.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
 def lineage_sampler(delegate: Sampler, recording: str | None = None) -> Sampler:
     """A ``LineageSampler`` with the given recording policy (its default when None)."""
     if recording is None:
@@ -207,7 +218,13 @@ class Setup:
     block_cpu_ms: list[float] = field(default_factory=list)  # CPU per report, per block
     hook_ns: int = 0
     writer_ns: int = 0
+    writer_thread_ns: int = 0  # all of the writer thread: take, decode, write, ack
     records: int = 0
+
+    def writer_thread_cpu_ns(self) -> int:
+        """CPU time of this set-up's writer thread so far (0 without one)."""
+        writer = self.lineage.processor.writer if self.lineage and self.lineage.processor else None
+        return thread_cpu_ns(writer.thread_id if writer is not None else None)
 
     def flush(self) -> None:
         """Spans exported and lineage rows written: the same call for every SDK set-up."""
@@ -238,6 +255,9 @@ class Harness:
         self._add_lineage("tracing_lineage_record_all", self.url, "all")
         self._add_lineage("lineage_flag_off", self.url, None, enabled=False)
         self._add("record_everything", self._provider(lineage_sampler(self.delegate, "all")))
+        # What lineage's sampler makes the SDK record (the report's own spans), without lineage's
+        # processor: splits lineage's cost into the SDK's recording and lineage's own work.
+        self._add("record_report_spans", self._provider(lineage_sampler(self.delegate, "report")))
         # Instrumented last: the lineage stores' engines, created above, are not traced.
         from opentelemetry.instrumentation.sqlalchemy import SQLAlchemyInstrumentor
 
@@ -278,6 +298,7 @@ class Harness:
         generate = setup.generator.generate_report_sync
         gc.collect()  # every block starts from the same collector state
         hooks, writes, records = TimedProcessor.hook_ns, TimedStore.write_ns, TimedStore.records
+        writer_thread = setup.writer_thread_cpu_ns()
         cpu = time.process_time()
         walls = []
         for _ in range(reports):
@@ -290,6 +311,7 @@ class Harness:
         setup.block_medians_ms.append(statistics.median(walls))
         setup.hook_ns += TimedProcessor.hook_ns - hooks
         setup.writer_ns += TimedStore.write_ns - writes
+        setup.writer_thread_ns += setup.writer_thread_cpu_ns() - writer_thread
         setup.records += TimedStore.records - records
 
     def run(self, rounds: int, block: int, warm: int) -> dict[str, Any]:
@@ -297,7 +319,7 @@ class Harness:
             self.block(setup, warm)
         for setup in self.setups.values():  # warm-up is not counted
             setup.walls_ms, setup.block_medians_ms, setup.block_cpu_ms = [], [], []
-            setup.hook_ns = setup.writer_ns = setup.records = 0
+            setup.hook_ns = setup.writer_ns = setup.writer_thread_ns = setup.records = 0
         rng = random.Random(SEED)
         order = list(self.setups.values())
         for done in range(rounds):
@@ -321,6 +343,9 @@ class Harness:
             if s.lineage is not None and s.lineage.processor is not None:
                 entry["hooks_us_per_report"] = round(s.hook_ns / reports / 1e3, 1)
                 entry["writer_cpu_us_per_record"] = round(s.writer_ns / max(s.records, 1) / 1e3, 1)
+                entry["writer_thread_us_per_record"] = round(
+                    s.writer_thread_ns / max(s.records, 1) / 1e3, 1
+                )
                 entry["records_written"] = s.records
             if name != BASELINE:
                 wall = _minus(s.block_medians_ms, base.block_medians_ms)
@@ -332,7 +357,33 @@ class Harness:
                     "p99_ratio": round(pct(s.walls_ms, 0.99) / pct(base.walls_ms, 0.99), 2),
                 }
             per_setup[name] = entry
-        return {"rounds": rounds, "block": block, "ratio": RATIO, "setups": per_setup}
+        return {
+            "rounds": rounds,
+            "block": block,
+            "ratio": RATIO,
+            "setups": per_setup,
+            "decomposition": self.decomposition(),
+        }
+
+    def decomposition(self) -> dict[str, Any]:
+        """Lineage over tracing only, in two paired parts: the SDK recording the report's spans
+        (``record_report_spans`` over tracing only) and lineage's own work on them, processor,
+        outbox and writer (each lineage set-up under ``report`` over ``record_report_spans``)."""
+        base, recording = self.setups[BASELINE], self.setups["record_report_spans"]
+        parts: dict[str, Any] = {
+            "recording": {
+                "wall_ms": paired(_minus(recording.block_medians_ms, base.block_medians_ms)),
+                "cpu_ms": paired(_minus(recording.block_cpu_ms, base.block_cpu_ms)),
+            }
+        }
+        for name in ("tracing_lineage", "tracing_lineage_pg"):
+            s = self.setups.get(name)
+            if s is not None:
+                parts[name] = {
+                    "wall_ms": paired(_minus(s.block_medians_ms, recording.block_medians_ms)),
+                    "cpu_ms": paired(_minus(s.block_cpu_ms, recording.block_cpu_ms)),
+                }
+        return parts
 
     def demo_report(self, name: str) -> dict[str, Any]:
         """One unsampled report of set-up ``name`` as its lineage row and carrier saw it: the
@@ -783,13 +834,14 @@ def markdown(results: dict[str, Any]) -> list[str]:
         f"round; export ratio {inter['ratio']}.",
         "",
         "| set-up | median ms | p99 ms | CPU ms/report (all threads) | hooks µs/report "
-        "| writer µs/record |",
-        "|---|---|---|---|---|---|",
+        "| store write µs/record | writer thread µs/record |",
+        "|---|---|---|---|---|---|---|",
     ]
     for name, s in inter["setups"].items():
         lines.append(
             f"| {name} | {s['median_ms']} | {s['p99_ms']} | {s['cpu_ms_per_report']} | "
-            f"{s.get('hooks_us_per_report', '')} | {s.get('writer_cpu_us_per_record', '')} |"
+            f"{s.get('hooks_us_per_report', '')} | {s.get('writer_cpu_us_per_record', '')} | "
+            f"{s.get('writer_thread_us_per_record', '')} |"
         )
     lines += [
         "",
@@ -806,6 +858,18 @@ def markdown(results: dict[str, Any]) -> list[str]:
             f"| {name} | {_ci(d['wall_ms'])} | {_ci(d['cpu_ms'])} | {d['p99_ms']} "
             f"| {d['p99_ratio']} |"
         )
+    parts = inter["decomposition"]
+    lines += [
+        "",
+        "Lineage over tracing only, in two parts (paired per round; ms, median [95% bootstrap "
+        "CI] | mean [95% t CI]): the SDK recording the report's own spans "
+        "(`record_report_spans` over tracing only), and lineage's processor, outbox and writer "
+        "(each lineage set-up over `record_report_spans`):",
+        "",
+        "| part | wall: median | wall: mean | CPU: median | CPU: mean |",
+        "|---|---|---|---|---|",
+        *(f"| {name} | {_ci(d['wall_ms'])} | {_ci(d['cpu_ms'])} |" for name, d in parts.items()),
+    ]
     g = results["growth"]
     snap = g["snapshot"]
     lines += [

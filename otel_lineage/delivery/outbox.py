@@ -112,10 +112,21 @@ class OutboxFile:
     error: str | None = None
 
 
+#: WAL checkpoints are the writer's (``ack``): at most one a second, or once this much has
+#: been acknowledged. The report's own connection checkpoints only past ``_WAL_SAFETY_PAGES``
+#: (the writer stopped, say): SQLite's automatic checkpoint (every 1,000 pages) ran inside
+#: whichever commit crossed it, a report's ``put``, and copied the WAL back and synced it
+#: there, which cost a 1 MB record more than its own insert.
+_CHECKPOINT_EVERY_S = 1.0
+_CHECKPOINT_EVERY_BYTES = 4 << 20
+_WAL_SAFETY_PAGES = 16_384
+
+
 def _connect(path: Path) -> sqlite3.Connection:
     conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable across process crashes
+    conn.execute(f"PRAGMA wal_autocheckpoint={_WAL_SAFETY_PAGES}")
     conn.execute(_OUTBOX_TABLE)
     conn.execute(_MARKER_TABLE)
     return conn
@@ -141,6 +152,12 @@ class OutboxHandOff:
         fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
         self._conn = _connect(self.path)
         self._cond = threading.Condition()
+        # The writer's own connection for checkpoints: a passive checkpoint runs beside the
+        # report thread's inserts, so it needs neither the lock nor the report's connection.
+        self._checkpoint_conn: sqlite3.Connection | None = None
+        self._checkpoint_lock = threading.Lock()
+        self._checkpointed_at = time.monotonic()
+        self._acked_bytes = 0
         self._retry: deque[Pending] = deque()
         self._cursor = 0
         self._count = 0
@@ -269,6 +286,30 @@ class OutboxHandOff:
                 self._conn.execute(f"DELETE FROM outbox WHERE {where}", keys)
             self._count -= len(items)
             self._bytes -= int(sizes)
+            self._acked_bytes += int(sizes)
+        self._checkpoint()
+
+    def _checkpoint(self) -> None:
+        """Copy the WAL back into the file when due, on the writer's thread and connection
+        (the report's ``put`` never waits for it). Failing is harmless: the WAL keeps the
+        records, and the next checkpoint (or SQLite's own, past the safety size) copies them."""
+        now = time.monotonic()
+        due = now - self._checkpointed_at >= _CHECKPOINT_EVERY_S
+        if not due and self._acked_bytes < _CHECKPOINT_EVERY_BYTES:
+            return
+        self._checkpointed_at, self._acked_bytes = now, 0
+        with self._checkpoint_lock:
+            if self._closed:
+                return
+            try:
+                if self._checkpoint_conn is None:
+                    self._checkpoint_conn = sqlite3.connect(
+                        self.path, check_same_thread=False, isolation_level=None, timeout=1
+                    )
+                    self._checkpoint_conn.execute("PRAGMA synchronous=NORMAL")
+                self._checkpoint_conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            except sqlite3.Error:
+                _log.exception("lineage outbox %s: checkpoint failed", self.path)
 
     def release(self, items: list[Pending]) -> None:
         with self._cond:
@@ -466,8 +507,8 @@ class OutboxHandOff:
         self._conn.execute("COMMIT")
 
     def reset_after_fork(self) -> None:
-        # The parent keeps its file, lock and connection; the child opens its own outbox.
-        _INHERITED.extend((self._conn, self._lock_file))
+        # The parent keeps its file, lock and connections; the child opens its own outbox.
+        _INHERITED.extend((self._conn, self._checkpoint_conn, self._lock_file))
         self._open()
 
     # -- lifecycle ----------------------------------------------------------------------------
@@ -475,11 +516,13 @@ class OutboxHandOff:
     def close(self) -> None:
         """Close the outbox. An empty one is deleted; one with records, open-report markers
         or rows it could not quarantine is left for the next process's recovery."""
-        with self._cond:
+        with self._cond, self._checkpoint_lock:
             if self._closed:
                 return
             self._closed = True
             empty = self._count == 0 and not self._open_traces and not self._stuck
+            if self._checkpoint_conn is not None:
+                self._checkpoint_conn.close()  # first: the last one to close removes the WAL
             self._conn.close()
         if empty:
             _remove(self.path)

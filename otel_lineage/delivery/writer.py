@@ -172,6 +172,12 @@ class BackgroundWriter:
             )
             self._thread.start()
 
+    @property
+    def thread_id(self) -> int | None:
+        """The writer thread's native id while it runs (for per-thread CPU accounting)."""
+        thread = self._thread
+        return thread.native_id if thread is not None else None
+
     def _run(self) -> None:
         try:
             with untraced():  # nothing this thread does may ever create a span
