@@ -112,11 +112,11 @@ class OutboxFile:
     error: str | None = None
 
 
-#: WAL checkpoints are the writer's (``ack``): at most one a second, or once this much has
-#: been acknowledged. The report's own connection checkpoints only past ``_WAL_SAFETY_PAGES``
-#: (the writer stopped, say): SQLite's automatic checkpoint (every 1,000 pages) ran inside
-#: whichever commit crossed it, a report's ``put``, and copied the WAL back and synced it
-#: there, which cost a 1 MB record more than its own insert.
+#: WAL checkpoints are the writer's (``ack``, and ``release`` while the database is down): at
+#: most one a second, or once this much has been acknowledged. The report's own connection
+#: checkpoints only past ``_WAL_SAFETY_PAGES`` (the writer stopped, say): SQLite's automatic
+#: checkpoint (every 1,000 pages) ran inside whichever commit crossed it, a report's ``put``,
+#: and copied the WAL back and synced it there, which cost a 1 MB record more than its insert.
 _CHECKPOINT_EVERY_S = 1.0
 _CHECKPOINT_EVERY_BYTES = 4 << 20
 _WAL_SAFETY_PAGES = 16_384
@@ -316,6 +316,7 @@ class OutboxHandOff:
             self._in_flight -= len(items)
             self._retry.extendleft(reversed(items))
             self._cond.notify()
+        self._checkpoint()  # the database is down: records pile up in the WAL meanwhile
 
     def pending(self) -> int:
         with self._cond:
