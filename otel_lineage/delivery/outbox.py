@@ -136,11 +136,19 @@ class OutboxHandOff:
     """``HandOff`` backed by a per-process SQLite outbox under ``directory``."""
 
     def __init__(
-        self, directory: Path, *, max_records: int = 100_000, max_bytes: int = 1 << 30
+        self,
+        directory: Path,
+        *,
+        max_records: int = 100_000,
+        max_bytes: int = 1 << 30,
+        memory_bytes: int = 32 << 20,
     ) -> None:
+        """``memory_bytes``: records up to this size in all are also kept in memory for the
+        writer, which then takes them without reading and decoding the file (see ``take``)."""
         self.directory = directory
         self._max_records = max_records
         self._max_bytes = max_bytes
+        self._memory_bytes = memory_bytes
         self._open()
 
     def _open(self) -> None:
@@ -159,6 +167,11 @@ class OutboxHandOff:
         self._checkpointed_at = time.monotonic()
         self._acked_bytes = 0
         self._retry: deque[Pending] = deque()
+        # The records put since the file was last read through, in seq order, with their sizes:
+        # while ``_from_memory``, they are exactly the file's rows after ``_cursor``.
+        self._fresh: deque[tuple[Pending, int]] = deque()
+        self._fresh_bytes = 0
+        self._from_memory = True
         self._cursor = 0
         self._count = 0
         self._bytes = 0
@@ -201,13 +214,14 @@ class OutboxHandOff:
             self._open_traces.add(trace_id)
 
     def put(self, record: LineageRecord) -> bool:
-        data = _serialise(record)
+        serialised = _serialise(record)
         with self._cond:
             if self._closed:
                 return False
-            if data is None:
+            if serialised is None:
                 self._clear_marker(record.trace_id)
                 return False
+            data, record = serialised
             if self._count >= self._max_records or self._bytes + len(data) > self._max_bytes:
                 _log.warning(
                     "lineage outbox full (%d records, %d bytes): refusing new records",
@@ -220,27 +234,55 @@ class OutboxHandOff:
             try:
                 # One statement on the report's thread: a marker with its record in the file
                 # is an ended report; ``ack`` deletes both in one transaction.
-                self._conn.execute(_INSERT, row)
+                seq = self._conn.execute(_INSERT, row).lastrowid
             except (sqlite3.Error, ValueError):
                 _log.exception("lineage outbox %s not writable", self.path)
                 return False
             self._open_traces.discard(record.trace_id)
             self._count += 1
             self._bytes += len(data)
+            self._keep_in_memory(seq, record, len(data))
             self._cond.notify()
             return True
 
+    def _keep_in_memory(self, seq: int | None, record: LineageRecord, size: int) -> None:
+        """Hand ``record`` to the writer as it is, beside its row; past the memory budget (or
+        without a seq) the writer reads the file from where it is instead."""
+        if not self._from_memory:
+            return
+        if seq is None or self._fresh_bytes + size > self._memory_bytes:
+            self._read_file_from_cursor()
+            return
+        self._fresh.append((Pending(seq, record), size))
+        self._fresh_bytes += size
+
+    def _read_file_from_cursor(self) -> None:
+        """Rows were added that memory does not hold (an adoption, the budget): the writer
+        reads the file after ``_cursor``, which still holds every record in ``_fresh``."""
+        self._from_memory = False
+        self._fresh.clear()
+        self._fresh_bytes = 0
+
     def take(self, max_items: int, timeout_s: float) -> list[Pending]:
-        """Rows are read under the lock and decoded outside it: ``put`` and ``begin`` on the
-        report's thread wait for that lock, and decoding a batch costs far more than reading
-        it. Only the writer takes, so nothing else moves the cursor meanwhile."""
+        """The records ``put`` handed over, from memory: the file is only their durable copy.
+        After an adoption or past the memory budget the file is read instead, until it has
+        been read through. Rows are read under the lock and decoded outside it: ``put`` and
+        ``begin`` on the report's thread wait for that lock, and decoding a batch costs far
+        more than reading it. Only the writer takes, so nothing else moves the cursor."""
         batch: list[Pending] = []
         with self._cond:
             if not self._retry and self._count - self._in_flight <= 0:
                 self._cond.wait(timeout_s)
             while self._retry and len(batch) < max_items:
                 batch.append(self._retry.popleft())
+            while self._from_memory and self._fresh and len(batch) < max_items:
+                item, size = self._fresh.popleft()
+                self._fresh_bytes -= size
+                self._cursor = item.key
+                batch.append(item)
             self._in_flight += len(batch)
+            if self._from_memory:
+                return batch
         # Rows that cannot be decoded go to quarantine; read on until the batch is full or
         # the outbox is exhausted, so an empty batch always means "nothing to write".
         while len(batch) < max_items:
@@ -253,6 +295,8 @@ class OutboxHandOff:
                 ).fetchall()
                 if rows:
                     self._cursor = rows[-1][0]
+                else:  # read through, under the lock ``put`` takes: memory holds what follows
+                    self._from_memory = True
             if not rows:
                 break
             decoded = [(seq, size, data, *_decode(size, data)) for seq, size, data in rows]
@@ -410,6 +454,7 @@ class OutboxHandOff:
             self._count += count
             self._bytes += size
             if count:
+                self._read_file_from_cursor()
                 self._cond.notify()
         _log.warning(
             "adopted %d lineage records (%d abandoned reports) from %s",
@@ -644,14 +689,16 @@ def _read_only(db_path: Path, sql: str) -> list[Any]:
         conn.close()
 
 
-def _serialise(record: LineageRecord) -> bytes | None:
-    """The record's bytes; text an encoder refuses (lone surrogates) is cleaned first."""
+def _serialise(record: LineageRecord) -> tuple[bytes, LineageRecord] | None:
+    """The record's bytes, and the record they hold: text an encoder refuses (lone
+    surrogates) is cleaned first."""
     try:
-        return record.to_bytes()
+        return record.to_bytes(), record
     except (TypeError, ValueError):
         pass
     try:
-        return clean_record(record).to_bytes()
+        cleaned = clean_record(record)
+        return cleaned.to_bytes(), cleaned
     except (TypeError, ValueError):
         _log.exception("lineage record of trace %s cannot be serialised", record.trace_id)
         return None

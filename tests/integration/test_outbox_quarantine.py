@@ -201,7 +201,8 @@ def test_a_bad_record_in_a_live_outbox_does_not_stop_its_own_writer(
     db_url: str, engine: Engine, outbox_dir: Path
 ) -> None:
     stats = LineageStats()
-    box = OutboxHandOff(outbox_dir)
+    # No record kept in memory: the writer reads every one from the file, the damaged one too.
+    box = OutboxHandOff(outbox_dir, memory_bytes=0)
     store = LineageStore(create_lineage_engine(db_url))
     writer = BackgroundWriter(box, store, stats, linger_s=0, counters_every_s=0)
     first, second = _record(), _fresh(_record())
@@ -225,7 +226,7 @@ def test_a_bad_record_in_a_live_outbox_does_not_stop_its_own_writer(
 
 
 def test_a_record_left_in_place_when_quarantine_is_unwritable(outbox_dir: Path) -> None:
-    box = OutboxHandOff(outbox_dir)
+    box = OutboxHandOff(outbox_dir, memory_bytes=0)  # the record is read from the file
     assert box.put(_record())
     box._conn.execute("UPDATE outbox SET record = x'00' WHERE seq = 1")
     (outbox_dir / "quarantine").write_text("a file where the quarantine directory should be")
