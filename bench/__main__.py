@@ -23,7 +23,6 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -34,6 +33,7 @@ from typing import Any
 
 from opentelemetry.trace import NoOpTracerProvider
 
+from bench import throughput
 from bench.common import summary
 from d6_reports import db
 from d6_reports.generator import GenerationOptions, ReportGenerator
@@ -75,31 +75,6 @@ def generation_section(url: str, reports: Path, repeat: int) -> dict[str, Any]:
     return out
 
 
-def throughput_section(tmp: Path, workers: Sequence[int], count: int) -> dict[str, Any]:
-    """PDFs/s of `d6-reports generate-all` (default template) over ``count`` businesses."""
-    url = f"sqlite:///{tmp / 'throughput.db'}"
-    db.upgrade(url)
-    engine = db.make_engine(url)
-    with db.make_session_factory(engine)() as session:
-        seed_demo(session, count=count)
-    engine.dispose()
-    env = {**os.environ, "D6_DATABASE_URL": url, "D6_REPORTS_DIR": str(tmp / "throughput")}
-    binary = str(Path(sys.executable).parent / "d6-reports")
-    out = {}
-    for n in workers:
-        started = time.perf_counter()
-        subprocess.run(
-            [binary, "generate-all", "--workers", str(n)], env=env, check=True, capture_output=True
-        )
-        elapsed = time.perf_counter() - started
-        out[f"workers_{n}"] = {
-            "reports": count,
-            "seconds": round(elapsed, 2),
-            "pdfs_per_s": round(count / elapsed, 2),
-        }
-    return out
-
-
 def write_markdown(results: dict[str, Any], path: Path) -> None:
     lines = [
         f"# Benchmark run {results['when']}",
@@ -121,11 +96,15 @@ def write_markdown(results: dict[str, Any], path: Path) -> None:
             f"| {label} | {data['pages']} | {total['median']} | {total['p95']} "
             f"| {s['load_inputs']} | {s['render_html']} | {s['convert_pdf']} | {s['store']} |"
         )
-    lines += ["", "| workers | reports | seconds | PDFs/s |", "|---|---|---|---|"]
+    lines += [
+        "",
+        "| workers | reports | rounds | median seconds | PDFs/s | speed-up |",
+        "|---|---|---|---|---|---|",
+    ]
     for label, data in results["throughput"].items():
         lines.append(
-            f"| {label.removeprefix('workers_')} | {data['reports']} | {data['seconds']} "
-            f"| {data['pdfs_per_s']} |"
+            f"| {label.removeprefix('workers_')} | {data['reports']} | {data.get('rounds', 1)} "
+            f"| {data['seconds']} | {data['pdfs_per_s']} | {data.get('speed_up', '')} |"
         )
     if "overhead" in results:
         from bench.overhead import markdown as overhead_markdown
@@ -176,6 +155,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, help="bench.overhead's interleaved rounds (40)")
     parser.add_argument("--block", type=int, help="bench.overhead's reports per block (50)")
     parser.add_argument("--throughput-reports", type=int, default=48, help="reports per run")
+    parser.add_argument(
+        "--throughput-rounds", type=int, default=3, help="generate-all runs per worker count"
+    )
     parser.add_argument("--skip-million", action="store_true", help="skip the 1M-row lookups")
     parser.add_argument("--skip-web", action="store_true", help="skip the lineage service figures")
     parser.add_argument("--skip-queue", action="store_true", help="skip the task queue figures")
@@ -196,7 +178,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         step("generation")
         results["generation"] = generation_section(url, reports, args.repeat)
         step("throughput")
-        results["throughput"] = throughput_section(Path(tmp), (1, 2), args.throughput_reports)
+        results["throughput"] = throughput.run(
+            Path(tmp), (1, 2), args.throughput_reports, args.throughput_rounds
+        )
         step("tracing and lineage overhead (bench.overhead)")
         from bench import overhead
 
