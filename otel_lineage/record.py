@@ -65,6 +65,18 @@ def needs_cleaning(value: str) -> bool:
     return _BAD_TEXT.search(value) is not None
 
 
+def may_need_cleaning(value: object) -> bool:
+    """False when no string in the JSON-shaped ``value`` (keys too) holds a NUL or a lone
+    surrogate, told in one C pass: orjson refuses lone surrogates and writes NUL as
+    ``\\u0000``. True for anything it refuses (for any reason) or that may hold a NUL: only
+    then is the value worth looking at string by string, a walk that costs more CPU than
+    writing a demo report's row."""
+    try:
+        return b"\\u0000" in orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS)
+    except TypeError:  # orjson.JSONEncodeError: a lone surrogate, or an int beyond 64 bits
+        return True
+
+
 def clean_json(value: object) -> object:
     """A JSON-shaped value with every string (keys too) passed through ``clean_text``."""
     if isinstance(value, str):

@@ -32,6 +32,7 @@ from otel_lineage.record import (
     LineageRecord,
     clean_json,
     clean_text,
+    may_need_cleaning,
     needs_cleaning,
 )
 
@@ -339,16 +340,10 @@ def _fit_bounded(fields: dict[str, Any], numbers: dict[str, Any], reasons: list[
 
 
 def _has_bad_text(value: object) -> bool:
-    """Whether any string in a JSON-shaped value (keys too) needs ``clean_text``.
-
-    Told in one C pass when it is clean, the usual case: orjson refuses lone surrogates and
-    writes NUL as ``\\u0000``; anything else (a refusal, that sequence) is looked at string
-    by string, a walk that costs more than the rest of a step."""
-    try:
-        if b"\\u0000" not in orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS):
-            return False
-    except TypeError:  # orjson.JSONEncodeError: a lone surrogate, or an int beyond 64 bits
-        pass
+    """Whether any string in a JSON-shaped value (keys too) needs ``clean_text``: one C pass
+    in the usual clean case (``may_need_cleaning``), else string by string."""
+    if not may_need_cleaning(value):
+        return False
     texts: list[str] = []
     pending = [value]
     while pending:

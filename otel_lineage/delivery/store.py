@@ -43,7 +43,13 @@ from otel_lineage.delivery.schema import lineage_counters, report_lineage
 from otel_lineage.delivery.stats import COUNTER_NAMES, Counts
 from otel_lineage.protection.keys import keyring_from_env
 from otel_lineage.protection.snapshots import SHARED_COLUMN, SnapshotStore
-from otel_lineage.record import LineageRecord, clean_json, clean_text, needs_cleaning
+from otel_lineage.record import (
+    LineageRecord,
+    clean_json,
+    clean_text,
+    may_need_cleaning,
+    needs_cleaning,
+)
 
 _log = logging.getLogger(__name__)
 
@@ -82,7 +88,7 @@ def clean_record(record: LineageRecord) -> LineageRecord:
     incomplete and names each cleaned field, so nothing is changed silently; the record itself
     is never refused for it.
     """
-    if not _may_need_cleaning([getattr(record, name) for name in _CHECKED_FIELDS]):
+    if not may_need_cleaning([getattr(record, name) for name in _CHECKED_FIELDS]):
         return record
     cleaned: dict[str, Any] = {}
     for name in _TEXT_FIELDS:
@@ -100,17 +106,6 @@ def clean_record(record: LineageRecord) -> LineageRecord:
     reasons += [f"invalid_text:{name}" for name in cleaned]
     cleaned["incomplete_reasons"] = reasons
     return dataclasses.replace(record, **cleaned, complete=False)
-
-
-def _may_need_cleaning(values: list[object]) -> bool:
-    """False when no string in ``values`` (keys too) holds a NUL or a lone surrogate, told
-    in one C pass: orjson refuses lone surrogates and writes NUL as ``\\u0000``. Only a
-    record it refuses (for any reason) or that may hold a NUL is looked at string by string,
-    which for the dozen steps of a demo report costs more CPU than writing its row."""
-    try:
-        return b"\\u0000" in orjson.dumps(values, option=orjson.OPT_NON_STR_KEYS)
-    except TypeError:
-        return True
 
 
 @contextlib.contextmanager
