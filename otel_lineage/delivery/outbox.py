@@ -31,8 +31,10 @@ an outbox that cannot be written is handled the same way: the report never fails
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import logging
+import math
 import os
 import sqlite3
 import stat
@@ -45,6 +47,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from otel_lineage.delivery import checkpoint
 from otel_lineage.delivery.handoff import Pending, ReportStart
 from otel_lineage.delivery.recovery import (
     QuarantinedItem,
@@ -112,21 +115,13 @@ class OutboxFile:
     error: str | None = None
 
 
-#: WAL checkpoints are the writer's (``ack``, and ``release`` while the database is down): at
-#: most one a second, or once this much has been acknowledged. The report's own connection
-#: checkpoints only past ``_WAL_SAFETY_PAGES`` (the writer stopped, say): SQLite's automatic
-#: checkpoint (every 1,000 pages) ran inside whichever commit crossed it, a report's ``put``,
-#: and copied the WAL back and synced it there, which cost a 1 MB record more than its insert.
-_CHECKPOINT_EVERY_S = 1.0
-_CHECKPOINT_EVERY_BYTES = 4 << 20
-_WAL_SAFETY_PAGES = 16_384
-
-
 def _connect(path: Path) -> sqlite3.Connection:
     conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable across process crashes
-    conn.execute(f"PRAGMA wal_autocheckpoint={_WAL_SAFETY_PAGES}")
+    # Checkpoints are the ``Checkpointer``'s; this connection's own is only a safety net.
+    conn.execute(f"PRAGMA wal_autocheckpoint={checkpoint.SAFETY_PAGES}")
+    conn.execute(f"PRAGMA journal_size_limit={checkpoint.WAL_SIZE_LIMIT}")
     conn.execute(_OUTBOX_TABLE)
     conn.execute(_MARKER_TABLE)
     return conn
@@ -159,13 +154,8 @@ class OutboxHandOff:
         self._lock_file: IO[str] = open(self._lock_path, "w")  # noqa: SIM115 - held for life
         fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
         self._conn = _connect(self.path)
+        self._checkpointer = checkpoint.Checkpointer(self.path)
         self._cond = threading.Condition()
-        # The writer's own connection for checkpoints: a passive checkpoint runs beside the
-        # report thread's inserts, so it needs neither the lock nor the report's connection.
-        self._checkpoint_conn: sqlite3.Connection | None = None
-        self._checkpoint_lock = threading.Lock()
-        self._checkpointed_at = time.monotonic()
-        self._acked_bytes = 0
         self._retry: deque[Pending] = deque()
         # The records put since the file was last read through, in seq order, with their sizes:
         # while ``_from_memory``, they are exactly the file's rows after ``_cursor``.
@@ -212,6 +202,7 @@ class OutboxHandOff:
                 _log.exception("lineage outbox %s not writable", self.path)
                 return
             self._open_traces.add(trace_id)
+            self._checkpointer.wrote()
 
     def put(self, record: LineageRecord) -> bool:
         serialised = _serialise(record)
@@ -241,6 +232,7 @@ class OutboxHandOff:
             self._open_traces.discard(record.trace_id)
             self._count += 1
             self._bytes += len(data)
+            self._checkpointer.wrote(len(data))
             self._keep_in_memory(seq, record, len(data))
             self._cond.notify()
             return True
@@ -250,7 +242,7 @@ class OutboxHandOff:
         without a seq) the writer reads the file from where it is instead."""
         if not self._from_memory:
             return
-        if seq is None or self._fresh_bytes + size > self._memory_bytes:
+        if seq is None or self._fresh_bytes + size > self._memory_bytes or not _round_trips(record):
             self._read_file_from_cursor()
             return
         self._fresh.append((Pending(seq, record), size))
@@ -275,7 +267,7 @@ class OutboxHandOff:
                 self._cond.wait(timeout_s)
             while self._retry and len(batch) < max_items:
                 batch.append(self._retry.popleft())
-            while self._from_memory and self._fresh and len(batch) < max_items:
+            while self._from_memory and self._fresh and len(batch) < max_items and not self._closed:
                 item, size = self._fresh.popleft()
                 self._fresh_bytes -= size
                 self._cursor = item.key
@@ -330,37 +322,13 @@ class OutboxHandOff:
                 self._conn.execute(f"DELETE FROM outbox WHERE {where}", keys)
             self._count -= len(items)
             self._bytes -= int(sizes)
-            self._acked_bytes += int(sizes)
-        self._checkpoint()
-
-    def _checkpoint(self) -> None:
-        """Copy the WAL back into the file when due, on the writer's thread and connection
-        (the report's ``put`` never waits for it). Failing is harmless: the WAL keeps the
-        records, and the next checkpoint (or SQLite's own, past the safety size) copies them."""
-        now = time.monotonic()
-        due = now - self._checkpointed_at >= _CHECKPOINT_EVERY_S
-        if not due and self._acked_bytes < _CHECKPOINT_EVERY_BYTES:
-            return
-        self._checkpointed_at, self._acked_bytes = now, 0
-        with self._checkpoint_lock:
-            if self._closed:
-                return
-            try:
-                if self._checkpoint_conn is None:
-                    self._checkpoint_conn = sqlite3.connect(
-                        self.path, check_same_thread=False, isolation_level=None, timeout=1
-                    )
-                    self._checkpoint_conn.execute("PRAGMA synchronous=NORMAL")
-                self._checkpoint_conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
-            except sqlite3.Error:
-                _log.exception("lineage outbox %s: checkpoint failed", self.path)
+            self._checkpointer.wrote()
 
     def release(self, items: list[Pending]) -> None:
         with self._cond:
             self._in_flight -= len(items)
             self._retry.extendleft(reversed(items))
             self._cond.notify()
-        self._checkpoint()  # the database is down: records pile up in the WAL meanwhile
 
     def pending(self) -> int:
         with self._cond:
@@ -455,6 +423,7 @@ class OutboxHandOff:
             self._bytes += size
             if count:
                 self._read_file_from_cursor()
+                self._checkpointer.wrote(size)
                 self._cond.notify()
         _log.warning(
             "adopted %d lineage records (%d abandoned reports) from %s",
@@ -554,7 +523,7 @@ class OutboxHandOff:
 
     def reset_after_fork(self) -> None:
         # The parent keeps its file, lock and connections; the child opens its own outbox.
-        _INHERITED.extend((self._conn, self._checkpoint_conn, self._lock_file))
+        _INHERITED.extend((self._conn, self._checkpointer, self._lock_file))
         self._open()
 
     # -- lifecycle ----------------------------------------------------------------------------
@@ -562,13 +531,12 @@ class OutboxHandOff:
     def close(self) -> None:
         """Close the outbox. An empty one is deleted; one with records, open-report markers
         or rows it could not quarantine is left for the next process's recovery."""
-        with self._cond, self._checkpoint_lock:
+        with self._cond:
             if self._closed:
                 return
             self._closed = True
             empty = self._count == 0 and not self._open_traces and not self._stuck
-            if self._checkpoint_conn is not None:
-                self._checkpoint_conn.close()  # first: the last one to close removes the WAL
+            self._checkpointer.stop()  # first: the last connection to close removes the WAL
             self._conn.close()
         if empty:
             _remove(self.path)
@@ -702,6 +670,20 @@ def _serialise(record: LineageRecord) -> tuple[bytes, LineageRecord] | None:
     except (TypeError, ValueError):
         _log.exception("lineage record of trace %s cannot be serialised", record.trace_id)
         return None
+
+
+#: The record's float fields: orjson writes a non-finite float as null.
+_FLOAT_FIELDS = tuple(f.name for f in dataclasses.fields(LineageRecord) if "float" in str(f.type))
+
+
+def _round_trips(record: LineageRecord) -> bool:
+    """Whether the file's copy of ``record`` decodes to the same values, so that taking it
+    from memory stores what taking it from the file would (no fold makes one that does not)."""
+    for name in _FLOAT_FIELDS:
+        value = getattr(record, name)
+        if value is not None and not math.isfinite(value):
+            return False
+    return True
 
 
 def _decode(size: object, data: object) -> tuple[LineageRecord | None, str]:
