@@ -119,8 +119,8 @@ def _connect(path: Path) -> sqlite3.Connection:
     conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable across process crashes
-    # Checkpoints are the ``Checkpointer``'s; this connection's own is only a safety net.
-    conn.execute(f"PRAGMA wal_autocheckpoint={checkpoint.SAFETY_PAGES}")
+    # The ``Checkpointer`` copies the WAL back; this connection's own automatic checkpoint
+    # (1,000 pages) then has little left to copy, and bounds the WAL when it cannot keep up.
     conn.execute(f"PRAGMA journal_size_limit={checkpoint.WAL_SIZE_LIMIT}")
     conn.execute(_OUTBOX_TABLE)
     conn.execute(_MARKER_TABLE)
@@ -511,7 +511,7 @@ class OutboxHandOff:
                 self._conn.execute("DELETE FROM open_report WHERE trace_id = ?", (trace_id,))
 
     @contextlib.contextmanager
-    def _transaction(self, begin: str = "BEGIN") -> Iterator[None]:
+    def _transaction(self, begin: str = "BEGIN IMMEDIATE") -> Iterator[None]:
         self._conn.execute(begin)
         try:
             yield
