@@ -42,7 +42,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from contextlib import AbstractContextManager, ExitStack
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -55,7 +55,7 @@ from opentelemetry.context import Context
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.sdk.trace.sampling import ParentBased, Sampler, TraceIdRatioBased
-from opentelemetry.trace import Link, NoOpTracerProvider, Span, SpanKind, Tracer
+from opentelemetry.trace import NoOpTracerProvider, SpanKind, Tracer
 from opentelemetry.util.types import Attributes
 from sqlalchemy import create_engine, select
 
@@ -71,6 +71,7 @@ from otel_lineage.delivery.schema import report_lineage
 from otel_lineage.delivery.stats import LineageStats
 from otel_lineage.delivery.writer import BackgroundWriter
 from otel_lineage.record import ZSTD_LEVEL, decompress
+from otel_lineage.startup.detachable import ForwardingTracer
 from tests.fast_pdf import FastPDFConverter
 
 RESULTS = Path(__file__).parent / "results"
@@ -171,40 +172,17 @@ class SwitchTracerProvider(trace.TracerProvider):
         return tracer
 
 
-class _SwitchTracer(Tracer):
+class _SwitchTracer(ForwardingTracer):
+    """Forwards to the tracer of whichever provider is the switch's ``current``."""
+
     def __init__(
         self, switch: SwitchTracerProvider, name: str, args: tuple[Any, ...], kw: dict[str, Any]
     ) -> None:
         self._switch, self._name, self._args, self._kwargs = switch, name, args, kw
 
-    def start_span(
-        self,
-        name: str,
-        context: Context | None = None,
-        kind: SpanKind = SpanKind.INTERNAL,
-        attributes: Attributes = None,
-        links: Sequence[Link] | None = None,
-        start_time: int | None = None,
-        record_exception: bool = True,
-        set_status_on_exception: bool = True,
-    ) -> Span:
-        real = self._switch.real(self._name, self._args, self._kwargs)
-        return real.start_span(
-            name,
-            context,
-            kind,
-            attributes,
-            links,
-            start_time,
-            record_exception,
-            set_status_on_exception,
-        )
-
-    def start_as_current_span(  # type: ignore[override]
-        self, name: str, *args: Any, **kwargs: Any
-    ) -> AbstractContextManager[Span]:
-        real = self._switch.real(self._name, self._args, self._kwargs)
-        return real.start_as_current_span(name, *args, **kwargs)
+    @property
+    def real(self) -> Tracer:  # type: ignore[override]
+        return self._switch.real(self._name, self._args, self._kwargs)
 
 
 @dataclass

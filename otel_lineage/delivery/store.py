@@ -251,8 +251,10 @@ class LineageStore:
                 report_lineage, "trace_id", columns, clear_on_update=("pruned_at",)
             )
         self._batch_encoder = BatchEncoder(report_lineage)
+        self._sqlite_rows: BindProcessors | None = None
+        if engine.dialect.name == "sqlite":  # the driver takes ``:name`` parameters as they are
+            self._sqlite_rows = BindProcessors(report_lineage, columns, engine.dialect)
         self._rows_sql = str(self._lineage_upsert)
-        self._bind = BindProcessors(report_lineage, columns, engine.dialect)
         self._counters_upsert = upsert_statement(
             lineage_counters, "instance_id", [c.name for c in lineage_counters.columns]
         )
@@ -288,21 +290,22 @@ class LineageStore:
                 conn.execute(_SETTLE, unsettled)
 
     def _write_rows(self, conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
-        """PostgreSQL: one statement for the batch; SQLite (in process, where a statement per
-        row costs no round trip): the one-row statement, executed by the driver for every row
-        with the values converted by the columns' own types (``BindProcessors``); values orjson
-        refuses on PostgreSQL: the one-row statement per row."""
-        if self._batch_upsert is not None:
+        """SQLite (in process, where a statement per row costs no round trip): the one-row
+        statement, executed by the driver for every row with the values converted by the
+        columns' own types (``BindProcessors``). PostgreSQL: one statement for the batch, and
+        for values orjson refuses the typed one-row statement per row."""
+        if self._sqlite_rows is not None:
+            converted = [self._sqlite_rows.convert(row) for row in rows]
+            conn.exec_driver_sql(self._rows_sql, converted)
+        elif self._batch_upsert is None:
+            conn.execute(self._lineage_upsert, rows)
+        else:
             try:
                 batch = self._batch_encoder.encode(rows)
             except TypeError:
-                pass
+                conn.execute(self._lineage_upsert, rows)
             else:
                 conn.execute(self._batch_upsert, {"rows": batch})
-                return
-            conn.execute(self._lineage_upsert, rows)
-            return
-        conn.exec_driver_sql(self._rows_sql, [self._bind.convert(row) for row in rows])
 
     def _has_generations(self, conn: Connection) -> bool:
         """Whether the report service's ``report_generation`` table is in this database."""

@@ -25,11 +25,11 @@ _NO_OP = trace.NoOpTracer()
 class DetachableTracerProvider(TracerProvider):
     def __init__(self, provider: TracerProvider) -> None:
         self._provider: TracerProvider | None = provider
-        self._tracers: list[_DetachableTracer] = []
+        self._tracers: list[ForwardingTracer] = []
 
     def get_tracer(self, *args: Any, **kwargs: Any) -> Tracer:
         real = self._provider.get_tracer(*args, **kwargs) if self._provider else _NO_OP
-        tracer = _DetachableTracer(real)
+        tracer = ForwardingTracer(real)
         self._tracers.append(tracer)
         return tracer
 
@@ -41,7 +41,10 @@ class DetachableTracerProvider(TracerProvider):
         self._tracers.clear()
 
 
-class _DetachableTracer(Tracer):
+class ForwardingTracer(Tracer):
+    """Starts every span on ``self.real``, whatever its holder makes that now (a no-op once
+    detached here; the provider of the block being measured, in the bench)."""
+
     def __init__(self, real: Tracer) -> None:
         self.real = real
 
