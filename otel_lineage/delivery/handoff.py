@@ -51,6 +51,9 @@ class HandOff(Protocol):
     def take(self, max_items: int, timeout_s: float) -> list[Pending]:
         """Up to ``max_items`` records, waiting at most ``timeout_s`` for the first."""
 
+    def wake(self) -> None:
+        """A ``take`` waiting for a first record returns now (the writer is stopping)."""
+
     def ack(self, items: list[Pending]) -> None:
         """The records are in the lineage database: forget them."""
 
@@ -104,6 +107,10 @@ class MemoryHandOff:
             batch = [self._queue.popleft() for _ in range(min(max_items, len(self._queue)))]
             self._in_flight += len(batch)
             return batch
+
+    def wake(self) -> None:
+        with self._cond:
+            self._cond.notify_all()
 
     def ack(self, items: list[Pending]) -> None:
         with self._cond:

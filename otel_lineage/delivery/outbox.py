@@ -303,6 +303,10 @@ class OutboxHandOff:
                         self._in_flight += 1
         return batch
 
+    def wake(self) -> None:
+        with self._cond:
+            self._cond.notify_all()
+
     def ack(self, items: list[Pending]) -> None:
         with self._cond:
             self._in_flight -= len(items)

@@ -225,3 +225,24 @@ def test_a_database_that_never_answers_cannot_wedge_the_writer(db_url: str, engi
         proxy.stop()
         store.engine.dispose()
     assert {r["trace_id"] for r in lineage_rows(engine)} == {first.trace_id, second.trace_id}
+
+
+@pytest.mark.parametrize("durable", [False, True], ids=["memory", "outbox"])
+def test_an_idle_writer_stops_without_waiting_out_its_take(
+    db_url: str, tmp_path: Path, durable: bool
+) -> None:
+    """Every command stops its writer on the way out: an idle one is waiting in ``take`` for
+    a first record, and must not make the process wait out that wait (30 s here)."""
+    from otel_lineage.delivery.outbox import OutboxHandOff
+
+    handoff = OutboxHandOff(tmp_path / "outbox") if durable else MemoryHandOff()
+    writer = BackgroundWriter(
+        handoff, LineageStore(create_lineage_engine(db_url)), LineageStats(), idle_wait_s=30.0
+    )
+    writer.start()
+    time.sleep(0.3)  # past start-up: the thread is in its idle take
+    started = time.monotonic()
+    writer.stop()
+    assert time.monotonic() - started < 5.0
+    assert writer.thread_id is None
+    handoff.abandon()
