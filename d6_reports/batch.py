@@ -1,8 +1,13 @@
 """Generating many reports, in this process or in a pool of worker processes.
 
-Workers are *spawned*, not forked: each builds its own engine and generator from the
-environment, so no connection, lock or thread crosses a process boundary. A worker process ends
-with ``os._exit`` (no ``atexit``), so each registers a multiprocessing finalizer that flushes the
+Pool processes are *forked* from a process that has not brought telemetry up and runs no other
+thread (the ``generate-all`` and ``demo`` commands start their pool first thing): each inherits
+the imported renderer, so a process is ready in milliseconds instead of re-importing WeasyPrint
+and the service (about 1.5 s here), and no connection, lock or thread crosses the fork. Anywhere
+else (an embedding application, ``opentelemetry-instrument``, which starts the SDK before the
+command runs, a platform without ``fork``) they are *spawned*. Either way each process builds
+its own engine and generator and brings OpenTelemetry up itself. A pool process ends with
+``os._exit`` (no ``atexit``), so each registers a multiprocessing finalizer that flushes the
 tracer provider it was given (by ``opentelemetry-instrument`` or a lineage configuration):
 without it, the last spans of every worker would be lost.
 """
@@ -10,14 +15,17 @@ without it, the last spans of every worker would be lost.
 from __future__ import annotations
 
 import multiprocessing
+import sys
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from multiprocessing.util import Finalize
+from types import TracebackType
 
 from opentelemetry import metrics, trace
 
-from d6_reports.bootstrap import REPORT_COMMAND_UNUSED, start_telemetry
+from d6_reports.bootstrap import REPORT_COMMAND_UNUSED, start_telemetry, telemetry_untouched
 from d6_reports.generator import GenerationOptions, GenerationResult
 from d6_reports.service import ReportService
 
@@ -68,58 +76,112 @@ def run_batch(
     business_ids: Sequence[int],
     options: GenerationOptions,
     *,
-    workers: int = 1,
+    pool: WorkerPool | None = None,
     service: ReportService | None = None,
 ) -> Iterator[BatchItem]:
-    """Yield one ``BatchItem`` per business id as generations finish (any order when pooled).
+    """Yield one ``BatchItem`` per business id as generations finish: in this process (with
+    ``service``, or one built from the settings), or in ``pool``'s processes (any order).
 
     One business's failure, even one that kills its worker process, is that business's failed
     item: the batch always goes on to the end.
     """
-    if workers < 1:
-        raise ValueError("workers must be at least 1")
-    if workers == 1:
-        own = service is None
-        service = service or ReportService.from_settings()
-        try:
-            for business_id in business_ids:
-                try:
-                    result = service.generator.generate_report_sync(business_id, options)
-                except Exception as exc:  # invalid id: this business's failure only
-                    yield BatchItem.failed(business_id, exc)
-                else:
-                    yield BatchItem.from_result(result)
-        finally:
-            if own:
-                service.close()
+    if pool is not None:
+        yield from pool.run(business_ids, options)
         return
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker) as pool:
-        futures = {pool.submit(_generate_in_worker, b, options): b for b in business_ids}
+    own = service is None
+    service = service or ReportService.from_settings()
+    try:
+        for business_id in business_ids:
+            try:
+                result = service.generator.generate_report_sync(business_id, options)
+            except Exception as exc:  # invalid id: this business's failure only
+                yield BatchItem.failed(business_id, exc)
+            else:
+                yield BatchItem.from_result(result)
+    finally:
+        if own:
+            service.close()
+
+
+class WorkerPool:
+    """``workers`` report processes, started when the pool is created (a context manager).
+
+    Create it before this process brings telemetry up or starts a thread, and its processes
+    are forked from it (see the module docstring); each brings its own telemetry and service
+    up at its first report.
+    """
+
+    def __init__(self, workers: int) -> None:
+        if workers < 2:
+            raise ValueError("a worker pool has at least 2 processes")
+        self.start_method = _start_method()
+        self._executor = ProcessPoolExecutor(
+            workers, mp_context=multiprocessing.get_context(self.start_method)
+        )
+        # Start every process now (a forking executor starts them all at its first task; a
+        # spawning one one per task), before this process has a thread for a fork to copy.
+        for _ in range(workers):
+            self._executor.submit(_ready)
+
+    def run(self, business_ids: Sequence[int], options: GenerationOptions) -> Iterator[BatchItem]:
+        futures = {self._executor.submit(_generate_in_worker, b, options): b for b in business_ids}
         for future in as_completed(futures):
             try:
                 yield future.result()
             except Exception as exc:  # the worker died or could not start
                 yield BatchItem.failed(futures[future], exc)
 
+    def close(self) -> None:
+        """Wait for the processes to finish their reports, flush their telemetry and exit."""
+        self._executor.shutdown(wait=True, cancel_futures=True)
+
+    def __enter__(self) -> WorkerPool:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+def _start_method() -> str:
+    """``fork`` where it is safe and cheap, ``spawn`` elsewhere (see the module docstring).
+    macOS is excluded: its system frameworks do not survive a fork."""
+    if (
+        sys.platform == "linux"
+        and "fork" in multiprocessing.get_all_start_methods()
+        and threading.active_count() == 1
+        and telemetry_untouched()
+    ):
+        return "fork"
+    return "spawn"
+
+
+def _ready() -> None:
+    """A first task per process: makes the executor start it now."""
+
 
 _worker_service: ReportService | None = None
 
 
-def _init_worker() -> None:
+def _worker() -> ReportService:
+    """This pool process's service, brought up at its first report, once the parent's own
+    start-up check has passed (so a bad setting is the parent's one line, not a message per
+    process). Forked before the parent's telemetry, or spawned: none of it exists here. A
+    failed start fails the report (``TelemetryStartError``) and is tried again at the next."""
     global _worker_service
-    # Spawned: nothing of the parent's telemetry exists here. Bring it up like the parent did
-    # (its warnings were shown by the parent already).
-    start_telemetry(warn=lambda _message: None, unused_instrumentations=REPORT_COMMAND_UNUSED)
-    _worker_service = ReportService.from_settings()
-    Finalize(None, flush_telemetry, exitpriority=10)
+    if _worker_service is None:
+        start_telemetry(warn=lambda _message: None, unused_instrumentations=REPORT_COMMAND_UNUSED)
+        _worker_service = ReportService.from_settings()
+        Finalize(None, flush_telemetry, exitpriority=10)
+    return _worker_service
 
 
 def _generate_in_worker(business_id: int, options: GenerationOptions) -> BatchItem:
-    assert _worker_service is not None, "worker not initialised"
-    return BatchItem.from_result(
-        _worker_service.generator.generate_report_sync(business_id, options)
-    )
+    return BatchItem.from_result(_worker().generator.generate_report_sync(business_id, options))
 
 
 def flush_telemetry() -> None:

@@ -81,6 +81,17 @@ def start_telemetry(
         warn(f"{exc} (continuing without lineage: {ALLOW_NO_LINEAGE_ENV}=true)")
 
 
+def telemetry_untouched() -> bool:
+    """True while this process has brought up no telemetry: ``start_telemetry`` has not run
+    and no tracer provider is installed (so a fork from it copies no SDK thread or state)."""
+    if _started:
+        return False
+    try:
+        return isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)
+    except Exception:  # a provider named by the environment that cannot load: not untouched
+        return False
+
+
 def _allowed_without_lineage() -> bool:
     raw = os.environ.get(ALLOW_NO_LINEAGE_ENV, "").strip().lower()
     if raw in ("", "0", "false", "no", "off"):

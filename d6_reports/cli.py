@@ -9,6 +9,7 @@ as Rich markup.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import sys
@@ -30,7 +31,7 @@ from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from typer.core import TyperGroup
 
 from d6_reports import db
-from d6_reports.batch import BatchItem, run_batch
+from d6_reports.batch import BatchItem, WorkerPool, run_batch
 from d6_reports.bootstrap import REPORT_COMMAND_UNUSED, TelemetryStartError, start_telemetry
 from d6_reports.config import Settings
 from d6_reports.generator import DEFAULT_TEMPLATE, GenerationOptions
@@ -303,9 +304,10 @@ def generate_all(
 ) -> None:
     """Generate a report for every business; exit status 1 when any failed (the rest go on)."""
     options = _options(template, version)
-    _start_telemetry()
     started = time.perf_counter()
-    items = _generate_all(options, workers, progress=not json)
+    with _worker_pool(workers) as pool:
+        _start_telemetry()
+        items = _generate_all(options, pool, progress=not json)
     elapsed = time.perf_counter() - started
     if json:
         ordered = sorted(items, key=lambda i: i.business_id)
@@ -321,17 +323,18 @@ def generate_all(
 @app.command()
 def demo(workers: WorkersOpt = 1) -> None:
     """Upgrade the database, seed demo data, generate every report and summarise."""
-    _start_telemetry()
-    for url in _database_urls():
-        db.upgrade(url)
-    service = ReportService.from_settings()
-    try:
-        with service.sessions() as session:
-            seed_demo(session)
-    finally:
-        service.close()
-    started = time.perf_counter()
-    items = _generate_all(GenerationOptions(), workers)
+    with _worker_pool(workers) as pool:
+        _start_telemetry()
+        for url in _database_urls():
+            db.upgrade(url)
+        service = ReportService.from_settings()
+        try:
+            with service.sessions() as session:
+                seed_demo(session)
+        finally:
+            service.close()
+        started = time.perf_counter()
+        items = _generate_all(GenerationOptions(), pool)
     _summary(items, "Demo reports", time.perf_counter() - started)
     console.print(
         Text(
@@ -411,8 +414,14 @@ def _require_schema(service: ReportService) -> None:
         raise CliError(f"the report database has no report tables; {UPGRADE_HINT}")
 
 
+def _worker_pool(workers: int) -> contextlib.AbstractContextManager[WorkerPool | None]:
+    """The pool of ``--workers`` processes, or none for one: entered before telemetry starts,
+    so that its processes are forked from this one (``d6_reports.batch``)."""
+    return WorkerPool(workers) if workers > 1 else contextlib.nullcontext()
+
+
 def _generate_all(
-    options: GenerationOptions, workers: int, *, progress: bool = True
+    options: GenerationOptions, pool: WorkerPool | None, *, progress: bool = True
 ) -> list[BatchItem]:
     service = ReportService.from_settings()
     with service.sessions() as session:
@@ -428,9 +437,7 @@ def _generate_all(
         disable=not progress,
     ) as bar:
         task = bar.add_task("generating", total=len(ids))
-        for item in run_batch(
-            ids, options, workers=workers, service=service if workers == 1 else None
-        ):
+        for item in run_batch(ids, options, pool=pool, service=service):
             items.append(item)
             bar.advance(task)
     service.close()

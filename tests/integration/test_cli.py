@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import orjson
@@ -7,12 +9,13 @@ import pytest
 from sqlalchemy import create_engine, func, select, text
 from typer.testing import CliRunner
 
-from d6_reports.batch import run_batch
+from d6_reports.batch import WorkerPool, run_batch
 from d6_reports.cli import app
 from d6_reports.generator import GenerationOptions
 from d6_reports.models import ReportGeneration
 
 runner = CliRunner()
+BIN = Path(sys.executable).parent
 
 
 @pytest.fixture
@@ -72,7 +75,8 @@ def test_generate_all_with_worker_processes(env: str, tmp_path: Path) -> None:
 def test_run_batch_reports_failures_per_item(env: str) -> None:
     runner.invoke(app, ["db", "upgrade"])
     runner.invoke(app, ["seed-demo", "--count", "2"])
-    items = list(run_batch([1, 2, 5000], GenerationOptions("summary"), workers=2))
+    with WorkerPool(2) as pool:
+        items = list(run_batch([1, 2, 5000], GenerationOptions("summary"), pool=pool))
     assert sorted((i.business_id, i.success, i.error_type) for i in items) == [
         (1, True, None),
         (2, True, None),
@@ -83,7 +87,35 @@ def test_run_batch_reports_failures_per_item(env: str) -> None:
         assert conn.scalar(select(func.count()).select_from(ReportGeneration)) == 3
     engine.dispose()
     with pytest.raises(ValueError):
-        list(run_batch([1], GenerationOptions(), workers=0))
+        WorkerPool(1)
+
+
+_POOL_START_METHODS = """
+from d6_reports.batch import WorkerPool
+from d6_reports.bootstrap import start_telemetry
+with WorkerPool(2) as pool:
+    print(pool.start_method)
+start_telemetry()
+with WorkerPool(2) as pool:
+    print(pool.start_method)
+"""
+
+
+@pytest.mark.parametrize(
+    ("launcher", "methods"),
+    [((), ["fork", "spawn"]), (("opentelemetry-instrument",), ["spawn", "spawn"])],
+    ids=["plain", "opentelemetry-instrument"],
+)
+def test_a_pool_is_forked_only_from_a_process_without_telemetry(
+    env: str, launcher: tuple[str, ...], methods: list[str]
+) -> None:
+    """A fork copies no SDK thread or state only before telemetry is up: after
+    ``start_telemetry``, or under ``opentelemetry-instrument`` (which starts the SDK before
+    the program runs), the pool's processes are spawned."""
+    command = [*(str(BIN / name) for name in launcher), sys.executable, "-c", _POOL_START_METHODS]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == methods
 
 
 def test_templates_list_and_lock_check() -> None:
