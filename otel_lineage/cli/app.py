@@ -54,7 +54,7 @@ from otel_lineage.delivery.store import LineageStore, untraced
 from otel_lineage.reading.exports import (
     CorruptTraceError,
     TraceUnavailableError,
-    span_tree,
+    exported_tree,
     to_jaeger,
     to_otlp_json,
 )
@@ -901,7 +901,7 @@ def trace_cmd(
         raise CliError(f"unknown format {check_text(format, '--format', 20)!r}: use jaeger or otlp")
     row = _row_or_exit(report_id)
     try:
-        tree = span_tree(row)
+        tree = exported_tree(row)
     except (TraceUnavailableError, CorruptTraceError) as exc:
         raise CliError(str(exc), 1) from exc
     document = to_jaeger(tree) if format == "jaeger" else to_otlp_json(tree)

@@ -77,6 +77,23 @@ def span_tree(row: Mapping[str, Any], *, checked: bool = True) -> dict[str, Any]
     return tree
 
 
+def exported_tree(row: Mapping[str, Any]) -> dict[str, Any]:
+    """``span_tree`` for a trace export (``trace``, the API's trace download): a row whose
+    tree holds no span has no trace to export, and an empty document would read as one.
+    Raises ``TraceUnavailableError`` saying why (an abandoned report's process died before
+    any of its spans ended)."""
+    tree = span_tree(row)
+    if not tree["spans"]:
+        report = row.get("report_generation_id")
+        why = (
+            "its process died before any of its spans ended (abandoned)"
+            if row.get("error_type") == "abandoned"
+            else "it holds no span"
+        )
+        raise TraceUnavailableError(f"report {report} has no stored trace: {why}")
+    return tree
+
+
 def _why(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}" if isinstance(exc, ValueError) else type(exc).__name__
 

@@ -31,7 +31,7 @@ from otel_lineage.delivery.store import untraced
 from otel_lineage.reading.exports import (
     CorruptTraceError,
     TraceUnavailableError,
-    span_tree,
+    exported_tree,
     to_jaeger,
     to_otlp_json,
 )
@@ -216,7 +216,7 @@ def trace(
 ) -> Response:
     row = actions.find_row(engine, report_id)
     try:
-        tree = span_tree(row)
+        tree = exported_tree(row)
     except TraceUnavailableError as exc:
         raise ApiError(404, "trace_not_stored", str(exc)) from exc
     except CorruptTraceError as exc:

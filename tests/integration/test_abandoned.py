@@ -10,10 +10,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session, sessionmaker
+from typer.testing import CliRunner
 
 from d6_reports.models import ReportGeneration
+from otel_lineage.cli.app import app as lineage_cli
 from otel_lineage.delivery.handoff import MemoryHandOff
 from otel_lineage.delivery.outbox import OutboxHandOff, open_reports
 from otel_lineage.delivery.recovery import mark_abandoned
@@ -52,6 +55,7 @@ def test_sigkill_mid_report_gives_an_abandoned_row_and_a_failed_generation(
     business_ids: list[int],
     tmp_path: Path,
     outbox_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     env = {**os.environ, "D6_DATABASE_URL": db_url, "D6_REPORTS_DIR": str(tmp_path / "r")}
     process = subprocess.Popen(
@@ -102,6 +106,13 @@ def test_sigkill_mid_report_gives_an_abandoned_row_and_a_failed_generation(
         assert flipped is not None
         assert (flipped.status, flipped.error_type) == ("failed", "abandoned")
     assert list(outbox_dir.glob("outbox-*")) == []
+    # No span ended, so there is no trace to export: one line and exit 1, not an empty trace.
+    monkeypatch.setenv("D6_DATABASE_URL", db_url)
+    for format in ("jaeger", "otlp"):
+        exported = CliRunner().invoke(lineage_cli, ["trace", generation.id, "--format", format])
+        assert exported.exit_code == 1, exported.output
+        assert exported.output.count("error:") == 1
+        assert "no stored trace" in exported.output and "abandoned" in exported.output
 
 
 def test_put_clears_the_marker_and_close_keeps_an_open_one(outbox_dir: Path) -> None:

@@ -308,3 +308,23 @@ def test_a_modified_copy_is_identified_by_the_report_it_names(
     entry = site.access_rows()[0]
     assert (entry["action"], entry["outcome"], entry["report_id"]) == ("identify", "allowed", rid)
     assert entry["detail"].endswith(f"modified copy of {rid}")
+
+
+def test_an_abandoned_report_has_no_trace_to_download(site: Site, client: TestClient) -> None:
+    """Its process died before any span ended: 404 with the reason, not an empty trace."""
+    import uuid
+
+    from otel_lineage.delivery.recovery import abandoned_record
+    from otel_lineage.delivery.store import LineageStore
+
+    report_id = str(uuid.uuid4())
+    LineageStore(site.engine).upsert([abandoned_record("7" * 32, report_id, 1_700_000_000.0)])
+    for fmt in ("jaeger", "otlp"):
+        answer = client.get(
+            f"/api/v1/reports/{report_id}/trace",
+            params={"format": fmt},
+            headers=site.auth("support"),
+        )
+        assert answer.status_code == 404, answer.text
+        error = answer.json()["error"]
+        assert error["code"] == "trace_not_stored" and "abandoned" in error["message"]
