@@ -37,10 +37,24 @@ def insert_lineage(
 ) -> None:
     """A lineage row as the writer stores it (only the columns every schema version has)."""
     snapshot = orjson.dumps({"business": {"name": business_name}, "findings": []})
+    trace_id, root_span_id = uuid.uuid4().hex, uuid.uuid4().hex[:16]
+    root = {
+        "trace_id": trace_id,
+        "span_id": root_span_id,
+        "parent_span_id": None,
+        "name": "report.generate",
+        "kind": "INTERNAL",
+        "start_ns": int(started_at.timestamp() * 1e9),
+        "end_ns": int(started_at.timestamp() * 1e9) + 1_000_000,
+        "status": "OK",
+        "attributes": {},
+        "events": [],
+        "links": [],
+    }
     row: dict[str, object] = {
         "report_generation_id": report_id,
-        "trace_id": uuid.uuid4().hex,
-        "root_span_id": uuid.uuid4().hex[:16],
+        "trace_id": trace_id,
+        "root_span_id": root_span_id,
         "business_id": 1,
         "template_name": "summary",
         "template_version": "1.0.0",
@@ -63,7 +77,7 @@ def insert_lineage(
         "inputs_snapshot": compress(snapshot),
         "inputs_codec": CODEC,
         "inputs_sha256": hashlib.sha256(snapshot).hexdigest(),
-        "span_tree": compress(orjson.dumps({"resource": {}, "spans": []})),
+        "span_tree": compress(orjson.dumps({"resource": {}, "spans": [root]})),
         "span_tree_codec": CODEC,
         "duration_ms": 1.0,
     }
