@@ -182,3 +182,19 @@ def test_control_characters_are_shown_not_obeyed(site: Site, client: TestClient)
     assert "evil&lt;U+202E&gt;gnp.exe {{ 7*7 }} &lt;script&gt;alert(1)&lt;/script&gt;" in page
     assert "\u202e" not in page and "<script>alert" not in page
     assert "<script" not in page.replace('<script src="/static/app.js" defer></script>', "")
+
+
+def test_an_abandoned_report_offers_no_trace_download(site: Site) -> None:
+    """Its process died before any span ended: the page does not offer a trace it lacks."""
+    import uuid
+
+    from otel_lineage.delivery.recovery import abandoned_record
+    from otel_lineage.delivery.store import LineageStore
+
+    report_id = str(uuid.uuid4())
+    LineageStore(site.engine).upsert([abandoned_record("6" * 32, report_id, 1_700_000_000.0)])
+    with signed_in(site, "support") as support:
+        abandoned = support.get(f"/reports/{report_id}")
+        assert abandoned.status_code == 200, abandoned.text
+        assert 'id="download-trace"' not in abandoned.text
+        assert 'id="download-trace"' in support.get(f"/reports/{site.hostile_id}").text
