@@ -52,7 +52,8 @@ class HandOff(Protocol):
         """Up to ``max_items`` records, waiting at most ``timeout_s`` for the first."""
 
     def wake(self) -> None:
-        """A ``take`` waiting for a first record returns now (the writer is stopping)."""
+        """The writer is stopping: a ``take`` waiting for a first record returns now, and no
+        later ``take`` waits (a wake-up that came while the writer was elsewhere is kept)."""
 
     def ack(self, items: list[Pending]) -> None:
         """The records are in the lineage database: forget them."""
@@ -85,6 +86,7 @@ class MemoryHandOff:
         self._in_flight = 0
         self._seq = 0
         self._cond = threading.Condition()
+        self._woken = False
 
     def begin(
         self, trace_id: str, report_generation_id: str | None, start: ReportStart | None = None
@@ -102,7 +104,7 @@ class MemoryHandOff:
 
     def take(self, max_items: int, timeout_s: float) -> list[Pending]:
         with self._cond:
-            if not self._queue:
+            if not self._queue and not self._woken:
                 self._cond.wait(timeout_s)
             batch = [self._queue.popleft() for _ in range(min(max_items, len(self._queue)))]
             self._in_flight += len(batch)
@@ -110,6 +112,7 @@ class MemoryHandOff:
 
     def wake(self) -> None:
         with self._cond:
+            self._woken = True
             self._cond.notify_all()
 
     def ack(self, items: list[Pending]) -> None:
@@ -143,3 +146,4 @@ class MemoryHandOff:
         self._queue = deque()
         self._in_flight = 0
         self._cond = threading.Condition()
+        self._woken = False

@@ -167,6 +167,7 @@ class OutboxHandOff:
         self._bytes = 0
         self._in_flight = 0
         self._closed = False
+        self._woken = False  # the writer is stopping: ``take`` no longer waits
         self._open_traces: set[str] = set()
         self._quarantined = 0
         self._stuck = 0  # undecodable rows that could not be moved to quarantine either
@@ -263,7 +264,7 @@ class OutboxHandOff:
         more than reading it. Only the writer takes, so nothing else moves the cursor."""
         batch: list[Pending] = []
         with self._cond:
-            if not self._retry and self._count - self._in_flight <= 0:
+            if not self._retry and self._count - self._in_flight <= 0 and not self._woken:
                 self._cond.wait(timeout_s)
             while self._retry and len(batch) < max_items:
                 batch.append(self._retry.popleft())
@@ -305,6 +306,7 @@ class OutboxHandOff:
 
     def wake(self) -> None:
         with self._cond:
+            self._woken = True
             self._cond.notify_all()
 
     def ack(self, items: list[Pending]) -> None:

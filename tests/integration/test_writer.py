@@ -227,20 +227,30 @@ def test_a_database_that_never_answers_cannot_wedge_the_writer(db_url: str, engi
     assert {r["trace_id"] for r in lineage_rows(engine)} == {first.trace_id, second.trace_id}
 
 
+@pytest.mark.parametrize("busy", [False, True], ids=["in-take", "elsewhere"])
 @pytest.mark.parametrize("durable", [False, True], ids=["memory", "outbox"])
 def test_an_idle_writer_stops_without_waiting_out_its_take(
-    db_url: str, tmp_path: Path, durable: bool
+    db_url: str, tmp_path: Path, durable: bool, busy: bool
 ) -> None:
     """Every command stops its writer on the way out: an idle one is waiting in ``take`` for
-    a first record, and must not make the process wait out that wait (30 s here)."""
+    a first record, and must not make the process wait out that wait (30 s here); nor when
+    the stop comes while it is elsewhere (sealing, here) and reaches ``take`` after it."""
     from otel_lineage.delivery.outbox import OutboxHandOff
+
+    def slow_seal() -> bool:
+        time.sleep(1.0)
+        return False
 
     handoff = OutboxHandOff(tmp_path / "outbox") if durable else MemoryHandOff()
     writer = BackgroundWriter(
-        handoff, LineageStore(create_lineage_engine(db_url)), LineageStats(), idle_wait_s=30.0
+        handoff,
+        LineageStore(create_lineage_engine(db_url)),
+        LineageStats(),
+        idle_wait_s=30.0,
+        sealer=slow_seal if busy else None,
     )
     writer.start()
-    time.sleep(0.3)  # past start-up: the thread is in its idle take
+    time.sleep(0.3)  # past start-up: the thread is in its idle take, or in its first seal
     started = time.monotonic()
     writer.stop()
     assert time.monotonic() - started < 5.0
