@@ -147,17 +147,20 @@ class WorkerPool:
         self.close()
 
 
-def _start_method() -> str:
-    """``fork`` where it is safe and cheap, ``spawn`` elsewhere (see the module docstring).
-    macOS is excluded: its system frameworks do not survive a fork."""
-    if (
+def can_fork_workers() -> bool:
+    """Whether a ``WorkerPool`` created now forks its processes from this one: this process
+    runs no other thread and has brought no telemetry up (see the module docstring). macOS
+    is excluded: its system frameworks do not survive a fork."""
+    return (
         sys.platform == "linux"
         and "fork" in multiprocessing.get_all_start_methods()
         and threading.active_count() == 1
         and telemetry_untouched()
-    ):
-        return "fork"
-    return "spawn"
+    )
+
+
+def _start_method() -> str:
+    return "fork" if can_fork_workers() else "spawn"
 
 
 def _ready() -> None:

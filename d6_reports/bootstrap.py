@@ -83,13 +83,12 @@ def start_telemetry(
 
 def telemetry_untouched() -> bool:
     """True while this process has brought up no telemetry: ``start_telemetry`` has not run
-    and no tracer provider is installed (so a fork from it copies no SDK thread or state)."""
-    if _started:
+    and no tracer provider is installed (so a fork from it copies no SDK thread or state).
+    A provider named by ``OTEL_PYTHON_TRACER_PROVIDER`` counts as touched without being
+    loaded here: loading it is the start-up's job, and its failure the start-up's one line."""
+    if _started or os.environ.get("OTEL_PYTHON_TRACER_PROVIDER"):
         return False
-    try:
-        return isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)
-    except Exception:  # a provider named by the environment that cannot load: not untouched
-        return False
+    return isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)
 
 
 def _allowed_without_lineage() -> bool:

@@ -14,7 +14,7 @@ import dataclasses
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from importlib.metadata import version as package_version
 from typing import Annotated, Any
 
@@ -31,7 +31,7 @@ from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from typer.core import TyperGroup
 
 from d6_reports import db
-from d6_reports.batch import BatchItem, WorkerPool, run_batch
+from d6_reports.batch import BatchItem, WorkerPool, can_fork_workers, run_batch
 from d6_reports.bootstrap import REPORT_COMMAND_UNUSED, TelemetryStartError, start_telemetry
 from d6_reports.config import Settings
 from d6_reports.generator import DEFAULT_TEMPLATE, GenerationOptions
@@ -305,8 +305,7 @@ def generate_all(
     """Generate a report for every business; exit status 1 when any failed (the rest go on)."""
     options = _options(template, version)
     started = time.perf_counter()
-    with _worker_pool(workers) as pool:
-        _start_telemetry()
+    with _telemetry_and_pool(workers) as pool:
         items = _generate_all(options, pool, progress=not json)
     elapsed = time.perf_counter() - started
     if json:
@@ -323,8 +322,7 @@ def generate_all(
 @app.command()
 def demo(workers: WorkersOpt = 1) -> None:
     """Upgrade the database, seed demo data, generate every report and summarise."""
-    with _worker_pool(workers) as pool:
-        _start_telemetry()
+    with _telemetry_and_pool(workers) as pool:
         for url in _database_urls():
             db.upgrade(url)
         service = ReportService.from_settings()
@@ -414,10 +412,22 @@ def _require_schema(service: ReportService) -> None:
         raise CliError(f"the report database has no report tables; {UPGRADE_HINT}")
 
 
-def _worker_pool(workers: int) -> contextlib.AbstractContextManager[WorkerPool | None]:
-    """The pool of ``--workers`` processes, or none for one: entered before telemetry starts,
-    so that its processes are forked from this one (``d6_reports.batch``)."""
-    return WorkerPool(workers) if workers > 1 else contextlib.nullcontext()
+@contextlib.contextmanager
+def _telemetry_and_pool(workers: int) -> Iterator[WorkerPool | None]:
+    """Telemetry started and checked, and the pool of ``--workers`` processes (none for one).
+    The pool comes first when its processes can be forked from this one, before telemetry
+    has a thread for a fork to copy (``d6_reports.batch``); they bring nothing up before the
+    check has passed. A pool that would be spawned comes after the check: a spawned process
+    under ``opentelemetry-instrument`` starts the SDK as it starts, and would repeat a bad
+    setting's warnings."""
+    if workers > 1 and can_fork_workers():
+        with WorkerPool(workers) as pool:
+            _start_telemetry()
+            yield pool
+        return
+    _start_telemetry()
+    with WorkerPool(workers) if workers > 1 else contextlib.nullcontext() as pool:
+        yield pool
 
 
 def _generate_all(

@@ -137,8 +137,9 @@ def test_otlp_line_exports_traces_and_keeps_lineage(
 def test_a_failed_start_is_loud_and_makes_no_pdf(
     workdir: Path, variable: str, value: str, says: str, launcher: str, command: str
 ) -> None:
-    """Also with a pool, whose processes start before this check (``d6_reports.batch``):
-    they bring nothing up until their first report, so the parent's line is the only one."""
+    """Also with a pool: forked before this check (``d6_reports.batch``), its processes bring
+    nothing up until their first report; spawned (under ``opentelemetry-instrument``), they
+    start after it. Either way the command's lines are the only ones."""
     env = _clean_env(**{"OTEL_TRACES_SAMPLER": "lineage_parentbased_traceidratio", variable: value})
     done = subprocess.run(
         f"{launcher}d6-reports {command}",
@@ -153,6 +154,10 @@ def test_a_failed_start_is_loud_and_makes_no_pdf(
     assert says in done.stderr
     our_lines = [line for line in done.stderr.splitlines() if line.startswith("error:")]
     assert len(our_lines) == 1, done.stderr
+    # Said once, by the command: no pool process repeats a lineage line (traceback frames
+    # of the launcher's own log are indented and left out).
+    said = [ln for ln in done.stderr.splitlines() if "lineage" in ln and not ln[:1].isspace()]
+    assert len(said) == len(set(said)), done.stderr
     if not launcher:  # under opentelemetry-instrument, its own start-up may log a traceback
         assert "Traceback" not in done.stderr
     assert _counts(workdir)[0] == 0
