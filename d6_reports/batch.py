@@ -17,8 +17,9 @@ from __future__ import annotations
 import multiprocessing
 import sys
 import threading
-from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from collections.abc import Callable, Generator, Iterator, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from multiprocessing.util import Finalize
 from types import TracebackType
@@ -114,22 +115,61 @@ class WorkerPool:
     def __init__(self, workers: int) -> None:
         if workers < 2:
             raise ValueError("a worker pool has at least 2 processes")
+        self.workers = workers
         self.start_method = _start_method()
-        self._executor = ProcessPoolExecutor(
-            workers, mp_context=multiprocessing.get_context(self.start_method)
-        )
+        self._executor = self._new_executor()
         # Start every process now (a forking executor starts them all at its first task; a
         # spawning one one per task), before this process has a thread for a fork to copy.
         for _ in range(workers):
             self._executor.submit(_ready)
 
     def run(self, business_ids: Sequence[int], options: GenerationOptions) -> Iterator[BatchItem]:
-        futures = {self._executor.submit(_generate_in_worker, b, options): b for b in business_ids}
-        for future in as_completed(futures):
+        """One item per business id, as generations finish. A process that dies (a report
+        that kills it, the OOM killer) breaks the executor and every report still in it: the
+        reports it may have been running are then run again alone, each in a new pool, so
+        only a report that kills its process again fails; the others go on in a new pool."""
+        todo = list(business_ids)
+        while todo:
+            unfinished = yield from self._run_until_broken(todo, options)
+            if not unfinished:
+                return
+            # In flight at the break: at most the first ``workers`` + 1 (the executor's queue)
+            # unfinished ids, as the executor hands reports out in submission order.
+            suspects, todo = unfinished[: self.workers + 1], unfinished[self.workers + 1 :]
+            for business_id in suspects:
+                self._restart()
+                if (yield from self._run_until_broken([business_id], options)):
+                    yield BatchItem.failed(business_id, BrokenProcessPool())
+            self._restart()
+
+    def _run_until_broken(
+        self, business_ids: Sequence[int], options: GenerationOptions
+    ) -> Generator[BatchItem, None, list[int]]:
+        """Yield the items that finish; return the ids the broken executor did not finish,
+        in submission order (nothing when it did not break)."""
+        futures = [
+            (self._executor.submit(_generate_in_worker, b, options), b) for b in business_ids
+        ]
+        ids = dict(futures)
+        broken: set[Future[BatchItem]] = set()
+        for future in as_completed(ids):
             try:
                 yield future.result()
-            except Exception as exc:  # the worker died or could not start
-                yield BatchItem.failed(futures[future], exc)
+            except BrokenProcessPool:
+                broken.add(future)
+            except Exception as exc:  # the report could not even be sent or returned
+                yield BatchItem.failed(ids[future], exc)
+        return [b for future, b in futures if future in broken]
+
+    def _restart(self) -> None:
+        self._executor.shutdown(wait=True, cancel_futures=True)
+        self.start_method = _start_method()
+        self._executor = self._new_executor()
+
+    def _new_executor(self) -> ProcessPoolExecutor:
+        return ProcessPoolExecutor(
+            self.workers, mp_context=multiprocessing.get_context(self.start_method)
+        )
 
     def close(self) -> None:
         """Wait for the processes to finish their reports, flush their telemetry and exit."""

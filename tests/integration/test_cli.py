@@ -90,6 +90,54 @@ def test_run_batch_reports_failures_per_item(env: str) -> None:
         WorkerPool(1)
 
 
+#: A batch in a pool where the report of one business kills its process (SIGKILL).
+_KILLING_BATCH = """
+import os, signal, sys
+import orjson
+from d6_reports import batch
+from d6_reports.generator import GenerationOptions
+
+real = batch._generate_in_worker
+
+
+def killing(business_id, options):
+    if business_id == int(sys.argv[1]):
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real(business_id, options)
+
+
+if __name__ == "__main__":
+    batch._generate_in_worker = killing
+    with batch.WorkerPool(2) as pool:
+        items = list(batch.run_batch(range(1, 9), GenerationOptions("summary"), pool=pool))
+    print(orjson.dumps([(i.business_id, i.success, i.error_type) for i in items]).decode())
+"""
+
+
+def test_a_report_that_kills_its_process_fails_alone(env: str, tmp_path: Path) -> None:
+    """The executor breaks with every report in it; the ones it may have been running are
+    run again alone, so only the killer fails and the batch goes on to the end."""
+    assert runner.invoke(app, ["db", "upgrade"]).exit_code == 0
+    assert runner.invoke(app, ["seed-demo", "--count", "8"]).exit_code == 0
+    script = tmp_path / "killing_batch.py"
+    script.write_text(_KILLING_BATCH)
+    done = subprocess.run(
+        [sys.executable, str(script), "3"], capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stderr
+    items = sorted(tuple(i) for i in orjson.loads(done.stdout))
+    assert items == [(b, b != 3, None if b != 3 else "BrokenProcessPool") for b in range(1, 9)]
+    # A report whose result was on its way back when the executor broke is run again, so a
+    # business may have two completed generations (each with its own lineage row).
+    engine = create_engine(env)
+    with engine.connect() as conn:
+        done_for = conn.scalars(
+            text("SELECT DISTINCT business_id FROM report_generation WHERE status = 'completed'")
+        ).all()
+    engine.dispose()
+    assert sorted(done_for) == [b for b in range(1, 9) if b != 3]
+
+
 _POOL_START_METHODS = """
 from d6_reports.batch import WorkerPool
 from d6_reports.bootstrap import start_telemetry
