@@ -14,7 +14,10 @@ without it, the last spans of every worker would be lost.
 
 from __future__ import annotations
 
+import ctypes
 import multiprocessing
+import os
+import signal
 import sys
 import threading
 from collections.abc import Callable, Generator, Iterator, Sequence
@@ -168,12 +171,30 @@ class WorkerPool:
 
     def _new_executor(self) -> ProcessPoolExecutor:
         return ProcessPoolExecutor(
-            self.workers, mp_context=multiprocessing.get_context(self.start_method)
+            self.workers,
+            mp_context=multiprocessing.get_context(self.start_method),
+            initializer=_die_with_parent,
+            initargs=(os.getpid(),),
         )
 
     def close(self) -> None:
-        """Wait for the processes to finish their reports, flush their telemetry and exit."""
-        self._executor.shutdown(wait=True, cancel_futures=True)
+        """Wait for the processes to finish their reports, flush their telemetry and exit.
+        Interrupted (a second Ctrl-C), it stops them instead (``stop``)."""
+        try:
+            self._executor.shutdown(wait=True, cancel_futures=True)
+        except KeyboardInterrupt:
+            self.stop()
+            raise
+
+    def stop(self) -> None:
+        """Stop now: nothing more is started and the processes are terminated. What their
+        reports had made durable (each finished report's lineage record is in its outbox)
+        is adopted by the next process; a report cut short is an abandoned attempt."""
+        self._executor.shutdown(wait=False, cancel_futures=True)
+        for process in multiprocessing.active_children():
+            process.terminate()
+        for process in multiprocessing.active_children():
+            process.join(_STOP_JOIN_S)
 
     def __enter__(self) -> WorkerPool:
         return self
@@ -184,7 +205,10 @@ class WorkerPool:
         exc: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
-        self.close()
+        if exc_type is not None and issubclass(exc_type, KeyboardInterrupt):
+            self.stop()  # Ctrl-C: the user wants the command to end, not the batch
+        else:
+            self.close()
 
 
 def can_fork_workers() -> bool:
@@ -207,6 +231,23 @@ def _ready() -> None:
     """A first task per process: makes the executor start it now."""
 
 
+def _die_with_parent(parent: int) -> None:
+    """Each pool process's initializer (Linux): if the command is killed, its processes do
+    not live on, holding their outbox locks; SIGTERM ends one like any other stop."""
+    if sys.platform != "linux":
+        return
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):  # not fatal: the process still ends with its queue
+        return
+    if os.getppid() != parent:  # the parent died before the call: nobody would signal
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+#: ``prctl`` option: the signal a process gets when its parent ends (Linux).
+_PR_SET_PDEATHSIG = 1
+#: Seconds ``stop`` waits for each terminated process.
+_STOP_JOIN_S = 5.0
 _worker_service: ReportService | None = None
 
 

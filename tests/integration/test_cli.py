@@ -1,7 +1,11 @@
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import orjson
@@ -181,3 +185,62 @@ def test_db_downgrade(env: str) -> None:
     assert _count(env) == 0  # the tables are still there
     down = runner.invoke(app, ["db", "downgrade", "base", "--yes"])
     assert down.exit_code == 0 and "base" in down.output
+
+
+def _batch_in_progress(tmp_path: Path) -> tuple[subprocess.Popen[bytes], list[int]]:
+    """``generate-all --workers 2`` in a session of its own, once its pool is working."""
+    assert runner.invoke(app, ["db", "upgrade"]).exit_code == 0
+    assert runner.invoke(app, ["seed-demo", "--count", "40"]).exit_code == 0
+    command = [str(BIN / "d6-reports"), "generate-all", "--workers", "2"]
+    process = subprocess.Popen(
+        command,
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not list((tmp_path / "reports").rglob("*.pdf")):
+        time.sleep(0.1)
+    children = subprocess.run(
+        ["pgrep", "-P", str(process.pid)], capture_output=True, text=True, check=False
+    ).stdout.split()
+    assert len(children) >= 2, "the pool is not running"
+    return process, [int(pid) for pid in children]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, IndexError):
+        return False
+    return state != "Z"
+
+
+@pytest.mark.parametrize("how", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
+def test_pool_processes_end_with_their_command(
+    env: str, tmp_path: Path, how: signal.Signals
+) -> None:
+    """Killed, the command takes its pool with it: no process lives on holding its outbox."""
+    process, children = _batch_in_progress(tmp_path)
+    os.kill(process.pid, how)
+    process.wait(30)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and any(_alive(pid) for pid in children):
+        time.sleep(0.1)
+    assert not [pid for pid in children if _alive(pid)]
+
+
+def test_ctrl_c_twice_ends_the_command(env: str, tmp_path: Path) -> None:
+    """Ctrl-C reaches the whole process group; a second one during the shutdown must not
+    leave the command waiting on its pool forever."""
+    process, children = _batch_in_progress(tmp_path)
+    os.killpg(process.pid, signal.SIGINT)
+    time.sleep(0.3)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGINT)
+    assert process.wait(60) != 0
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and any(_alive(pid) for pid in children):
+        time.sleep(0.1)
+    assert not [pid for pid in children if _alive(pid)]
