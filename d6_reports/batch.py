@@ -20,6 +20,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable, Generator, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
@@ -133,26 +134,33 @@ class WorkerPool:
         only a report that kills its process again fails; the others go on in a new pool."""
         todo = list(business_ids)
         while todo:
-            unfinished = yield from self._run_until_broken(todo, options)
+            unfinished, in_flight = yield from self._run_until_broken(todo, options)
             if not unfinished:
                 return
-            # In flight at the break: at most the first ``workers`` + 1 (the executor's queue)
-            # unfinished ids, as the executor hands reports out in submission order.
-            suspects, todo = unfinished[: self.workers + 1], unfinished[self.workers + 1 :]
+            suspects, todo = unfinished[:in_flight], unfinished[in_flight:]
             for business_id in suspects:
                 self._restart()
-                if (yield from self._run_until_broken([business_id], options)):
+                if (yield from self._run_until_broken([business_id], options))[0]:
                     yield BatchItem.failed(business_id, BrokenProcessPool())
             self._restart()
 
     def _run_until_broken(
         self, business_ids: Sequence[int], options: GenerationOptions
-    ) -> Generator[BatchItem, None, list[int]]:
-        """Yield the items that finish; return the ids the broken executor did not finish,
-        in submission order (nothing when it did not break)."""
-        futures = [
-            (self._executor.submit(_generate_in_worker, b, options), b) for b in business_ids
-        ]
+    ) -> Generator[BatchItem, None, tuple[list[int], int]]:
+        """Yield the items that finish; return the ids the broken executor did not finish, in
+        submission order (none when it did not break), and how many of the first of them it
+        may have been running: the first ``workers`` + 1 (its queue), as it hands reports out
+        in submission order, or none when it broke before this call submitted anything (a
+        process that died while the command was still starting)."""
+        futures: list[tuple[Future[BatchItem], int]] = []
+        try:
+            for business_id in business_ids:
+                futures.append(
+                    (self._executor.submit(_generate_in_worker, business_id, options), business_id)
+                )
+        except BrokenProcessPool:
+            pass
+        not_sent = list(business_ids[len(futures) :])
         ids = dict(futures)
         broken: set[Future[BatchItem]] = set()
         for future in as_completed(ids):
@@ -162,7 +170,9 @@ class WorkerPool:
                 broken.add(future)
             except Exception as exc:  # the report could not even be sent or returned
                 yield BatchItem.failed(ids[future], exc)
-        return [b for future, b in futures if future in broken]
+        unfinished = [b for future, b in futures if future in broken]
+        in_flight = min(len(unfinished), self.workers + 1)
+        return unfinished + not_sent, in_flight
 
     def _restart(self) -> None:
         self._executor.shutdown(wait=True, cancel_futures=True)
@@ -190,11 +200,19 @@ class WorkerPool:
         """Stop now: nothing more is started and the processes are terminated. What their
         reports had made durable (each finished report's lineage record is in its outbox)
         is adopted by the next process; a report cut short is an abandoned attempt."""
+        # The executor has no public way to end its processes; its ``_processes`` (a dict
+        # since Python 3.2) are this pool's only, unlike ``multiprocessing.active_children``.
+        processes = list((getattr(self._executor, "_processes", None) or {}).values())
         self._executor.shutdown(wait=False, cancel_futures=True)
-        for process in multiprocessing.active_children():
+        for process in processes:
             process.terminate()
-        for process in multiprocessing.active_children():
-            process.join(_STOP_JOIN_S)
+        deadline = time.monotonic() + _STOP_JOIN_S
+        for process in processes:
+            process.join(max(0.0, deadline - time.monotonic()))
+        for process in processes:
+            if process.is_alive():  # stopped (SIGSTOP) or stuck: SIGTERM waits for it
+                process.kill()
+                process.join(_STOP_JOIN_S)
 
     def __enter__(self) -> WorkerPool:
         return self
@@ -232,8 +250,11 @@ def _ready() -> None:
 
 
 def _die_with_parent(parent: int) -> None:
-    """Each pool process's initializer (Linux): if the command is killed, its processes do
-    not live on, holding their outbox locks; SIGTERM ends one like any other stop."""
+    """Each pool process's initializer. Ctrl-C is the command's to handle (it stops the
+    pool): a terminal sends it to every process of the group, and an idle pool process would
+    die of it with a traceback. On Linux, if the command is killed, its processes do not
+    live on, holding their outbox locks; SIGTERM ends one like any other stop."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     if sys.platform != "linux":
         return
     try:
@@ -246,8 +267,8 @@ def _die_with_parent(parent: int) -> None:
 
 #: ``prctl`` option: the signal a process gets when its parent ends (Linux).
 _PR_SET_PDEATHSIG = 1
-#: Seconds ``stop`` waits for each terminated process.
-_STOP_JOIN_S = 5.0
+#: Seconds ``stop`` waits for the terminated processes before it kills what is left.
+_STOP_JOIN_S = 2.0
 _worker_service: ReportService | None = None
 
 

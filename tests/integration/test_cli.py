@@ -142,6 +142,39 @@ def test_a_report_that_kills_its_process_fails_alone(env: str, tmp_path: Path) -
     assert sorted(done_for) == [b for b in range(1, 9) if b != 3]
 
 
+#: A batch whose pool lost a process before it was given any report.
+_EARLY_DEATH_BATCH = """
+import multiprocessing, os, signal, time
+import orjson
+from d6_reports import batch
+from d6_reports.generator import GenerationOptions
+
+if __name__ == "__main__":
+    with batch.WorkerPool(2) as pool:
+        victim = multiprocessing.active_children()[0]
+        os.kill(victim.pid, signal.SIGKILL)
+        victim.join(10)
+        time.sleep(0.5)  # the executor has seen it
+        items = list(batch.run_batch(range(1, 7), GenerationOptions("summary"), pool=pool))
+    print(orjson.dumps([(i.business_id, i.success) for i in items]).decode())
+"""
+
+
+def test_a_pool_that_lost_a_process_before_its_first_report_runs_them_all(
+    env: str, tmp_path: Path
+) -> None:
+    """The command starts its pool first: a process can die while it is still starting."""
+    assert runner.invoke(app, ["db", "upgrade"]).exit_code == 0
+    assert runner.invoke(app, ["seed-demo", "--count", "6"]).exit_code == 0
+    script = tmp_path / "early_death.py"
+    script.write_text(_EARLY_DEATH_BATCH)
+    done = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stderr
+    assert sorted(tuple(i) for i in orjson.loads(done.stdout)) == [(b, True) for b in range(1, 7)]
+
+
 _POOL_START_METHODS = """
 from d6_reports.batch import WorkerPool
 from d6_reports.bootstrap import start_telemetry
@@ -187,8 +220,11 @@ def test_db_downgrade(env: str) -> None:
     assert down.exit_code == 0 and "base" in down.output
 
 
-def _batch_in_progress(tmp_path: Path) -> tuple[subprocess.Popen[bytes], list[int]]:
-    """``generate-all --workers 2`` in a session of its own, once its pool is working."""
+def _batch_in_progress(
+    tmp_path: Path, *, working: bool = True
+) -> tuple[subprocess.Popen[bytes], list[int]]:
+    """``generate-all --workers 2`` in a session of its own (stderr in ``tmp_path/err``), its
+    pool started, and ``working`` (a first PDF made) or not yet."""
     assert runner.invoke(app, ["db", "upgrade"]).exit_code == 0
     assert runner.invoke(app, ["seed-demo", "--count", "40"]).exit_code == 0
     command = [str(BIN / "d6-reports"), "generate-all", "--workers", "2"]
@@ -196,17 +232,24 @@ def _batch_in_progress(tmp_path: Path) -> tuple[subprocess.Popen[bytes], list[in
         command,
         cwd=tmp_path,
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stderr=(tmp_path / "err").open("wb"),
         start_new_session=True,
     )
+    children: list[int] = []
     deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and not list((tmp_path / "reports").rglob("*.pdf")):
-        time.sleep(0.1)
-    children = subprocess.run(
-        ["pgrep", "-P", str(process.pid)], capture_output=True, text=True, check=False
-    ).stdout.split()
+    while time.monotonic() < deadline:
+        found = subprocess.run(
+            ["pgrep", "-P", str(process.pid)], capture_output=True, text=True, check=False
+        ).stdout.split()
+        children = [int(pid) for pid in found]
+        made = list((tmp_path / "reports").rglob("*.pdf"))
+        if len(children) >= 2 and (made or not working):
+            break
+        time.sleep(0.05)
     assert len(children) >= 2, "the pool is not running"
-    return process, [int(pid) for pid in children]
+    if not working:
+        time.sleep(0.3)  # its processes idle, waiting for their first report
+    return process, children
 
 
 def _alive(pid: int) -> bool:
@@ -217,6 +260,13 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
+def _all_gone(pids: list[int]) -> bool:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and any(_alive(pid) for pid in pids):
+        time.sleep(0.1)
+    return not any(_alive(pid) for pid in pids)
+
+
 @pytest.mark.parametrize("how", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
 def test_pool_processes_end_with_their_command(
     env: str, tmp_path: Path, how: signal.Signals
@@ -225,22 +275,32 @@ def test_pool_processes_end_with_their_command(
     process, children = _batch_in_progress(tmp_path)
     os.kill(process.pid, how)
     process.wait(30)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and any(_alive(pid) for pid in children):
-        time.sleep(0.1)
-    assert not [pid for pid in children if _alive(pid)]
+    assert _all_gone(children)
 
 
-def test_ctrl_c_twice_ends_the_command(env: str, tmp_path: Path) -> None:
-    """Ctrl-C reaches the whole process group; a second one during the shutdown must not
-    leave the command waiting on its pool forever."""
-    process, children = _batch_in_progress(tmp_path)
-    os.killpg(process.pid, signal.SIGINT)
-    time.sleep(0.3)
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGINT)
+@pytest.mark.parametrize("working", [False, True], ids=["starting", "working"])
+@pytest.mark.parametrize("presses", [1, 2])
+def test_ctrl_c_ends_the_command_quietly(
+    env: str, tmp_path: Path, working: bool, presses: int
+) -> None:
+    """Ctrl-C reaches the whole process group: the command stops its pool (an idle pool
+    process does not die of it with a traceback), and a second one during the stop does
+    not leave the command waiting on its pool for ever."""
+    process, children = _batch_in_progress(tmp_path, working=working)
+    for _ in range(presses):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGINT)
+        time.sleep(0.3)
     assert process.wait(60) != 0
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and any(_alive(pid) for pid in children):
-        time.sleep(0.1)
-    assert not [pid for pid in children if _alive(pid)]
+    assert _all_gone(children)
+    assert "Traceback" not in (tmp_path / "err").read_text()
+
+
+def test_ctrl_c_ends_a_command_whose_pool_process_is_stopped(env: str, tmp_path: Path) -> None:
+    """A stopped process (SIGSTOP) never acts on SIGTERM: the stop kills it."""
+    process, children = _batch_in_progress(tmp_path)
+    os.kill(children[0], signal.SIGSTOP)
+    time.sleep(0.5)
+    os.killpg(process.pid, signal.SIGINT)
+    assert process.wait(60) != 0
+    assert _all_gone(children)
